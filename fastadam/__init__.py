@@ -1,0 +1,25 @@
+"""fastadam: fused, in-place Adam-family optimizer steps on flat buffers.
+
+Public names:
+
+* optimizers (NumPy façade, torch.optim's names and defaults): :class:`Adam`,
+  :class:`AdamW`, :class:`RMSprop`, :class:`Adagrad`, :class:`SGD`,
+  :class:`Adadelta`, :class:`NAdam`, :class:`Adamax`;
+* :class:`FlatParams`: parameters in one contiguous buffer, views handed back;
+* :mod:`fastadam.functional`: the in-place steps on arrays (``adam_`` ...);
+* :func:`available_backends`, :class:`BackendUnavailableError`.
+
+Importing fastadam compiles nothing and does not import numba; kernels are
+compiled (or loaded from numba's cache) on first use.
+"""
+
+__version__ = "0.1.0"
+
+from . import functional
+from ._backends import BackendUnavailableError, available_backends
+from .flat import FlatBuffer, FlatParams
+from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RMSprop
+
+__all__ = ["Adam", "AdamW", "RMSprop", "Adagrad", "SGD", "Adadelta", "NAdam", "Adamax",
+           "Optimizer", "FlatParams", "FlatBuffer", "functional", "available_backends",
+           "BackendUnavailableError", "__version__"]

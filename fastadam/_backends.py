@@ -1,0 +1,180 @@
+"""Backend registry: which implementations exist, and which one a call uses.
+
+A backend turns one validated step into work on flat buffers.  The compiled
+backends (``numba``, ``cython``, ``cuda``) share the per-step scalar work of
+:mod:`fastadam._scalars` and only supply ``run(kernel_name, arrays, scalars)``;
+the ``numpy`` backend is :mod:`fastadam.reference`.
+
+``backend="auto"`` picks ``cuda`` for device arrays (``__cuda_array_interface__``)
+and, for host arrays, ``numba``, else ``cython``, else ``numpy``.  An explicit
+backend that cannot be used raises :class:`BackendUnavailableError` saying why.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import _scalars, _validate
+
+BACKEND_NAMES = ("numba", "cython", "cuda", "numpy")
+_HOST_PREFERENCE = ("numba", "cython", "numpy")
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run here; the message says why."""
+
+
+class Backend:
+    """One implementation of the fused steps.
+
+    Attributes
+    ----------
+    name : str
+    device : bool
+        True for backends that work on device (GPU) arrays.
+    """
+
+    name = "?"
+    device = False
+
+    def check(self, named: dict, outputs: tuple) -> dict:
+        return _validate.host_arrays(named, outputs)
+
+    def step(self, opt: str, arrays: dict, hp: dict) -> None:
+        raise NotImplementedError
+
+
+class CompiledBackend(Backend):
+    """A backend given by a ``run(kernel_name, arrays, scalars)`` function."""
+
+    def __init__(self, name, run, check=None, device=False):
+        self.name = name
+        self.run = run
+        self.device = device
+        if check is not None:
+            self.check = check
+
+    def step(self, opt, arrays, hp):
+        p = arrays["param"]
+        kname, scal = getattr(_scalars, opt)(p.dtype, **hp)
+        self.run(kname, (p, arrays["grad"]) + tuple(arrays[s] for s in _scalars.KERNEL_STATES[kname]),
+                 scal)
+
+
+class NumpyBackend(Backend):
+    """The reference implementation (:mod:`fastadam.reference`)."""
+
+    name = "numpy"
+
+    def step(self, opt, a, hp):
+        from . import reference as r
+        p, g = a["param"], a["grad"]
+        if opt == "adam":
+            r.adam_(p, g, a["exp_avg"], a["exp_avg_sq"], a.get("max_exp_avg_sq"), **hp)
+        elif opt == "rmsprop":
+            r.rmsprop_(p, g, a["square_avg"], a.get("momentum_buffer"), a.get("grad_avg"), **hp)
+        elif opt == "adagrad":
+            r.adagrad_(p, g, a["sum"], **hp)
+        elif opt == "sgd":
+            r.sgd_(p, g, a.get("momentum_buffer"), **hp)
+        elif opt == "adadelta":
+            r.adadelta_(p, g, a["square_avg"], a["acc_delta"], **hp)
+        elif opt == "nadam":
+            r.nadam_(p, g, a["exp_avg"], a["exp_avg_sq"], **hp)
+        elif opt == "adamax":
+            r.adamax_(p, g, a["exp_avg"], a["exp_inf"], **hp)
+        else:  # pragma: no cover - programming error
+            raise KeyError(opt)
+
+
+def _load_numba():
+    try:
+        from .kernels import cpu
+    except ImportError as e:
+        raise BackendUnavailableError(f"the numba backend needs numba, which failed to import: {e}") from e
+    return CompiledBackend("numba", cpu.run)
+
+
+def _load_cython():
+    try:
+        from ._cython import backend as cy
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "the cython backend's compiled extension is not built or failed to import "
+            f"({e}); reinstall fastadam with a C compiler (pip install .)") from e
+    return CompiledBackend("cython", cy.run)
+
+
+def _load_cuda():
+    try:
+        from .kernels import cuda
+    except ImportError as e:
+        raise BackendUnavailableError(f"the cuda backend is not available: {e}") from e
+    return cuda.load_backend()
+
+
+def _load_numpy():
+    return NumpyBackend()
+
+
+_LOADERS = {"numba": _load_numba, "cython": _load_cython, "cuda": _load_cuda,
+            "numpy": _load_numpy}
+_cache: dict = {}
+_failures: dict = {}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; raises :class:`BackendUnavailableError` if it cannot run."""
+    b = _cache.get(name)
+    if b is not None:
+        return b
+    if name not in _LOADERS:
+        raise ValueError(f"Invalid backend: {name!r}; expected 'auto' or one of {BACKEND_NAMES}")
+    if name in _failures:
+        raise BackendUnavailableError(_failures[name])
+    try:
+        b = _LOADERS[name]()
+    except BackendUnavailableError as e:
+        _failures[name] = str(e)
+        raise
+    _cache[name] = b
+    return b
+
+
+def available_backends() -> list:
+    """The names of the backends that work on this machine, in order of preference."""
+    out = []
+    for name in BACKEND_NAMES:
+        try:
+            get_backend(name)
+        except BackendUnavailableError:
+            continue
+        out.append(name)
+    return out
+
+
+def is_device_array(a) -> bool:
+    import numpy as np
+    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+
+
+def resolve(name, array) -> Backend:
+    """The backend for a call: ``name`` itself, or for ``"auto"`` the best one for ``array``."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, got {type(name).__name__}")
+    if name != "auto":
+        return get_backend(name)
+    if is_device_array(array):
+        return get_backend("cuda")
+    for n in _HOST_PREFERENCE:
+        try:
+            return get_backend(n)
+        except BackendUnavailableError:
+            continue
+    raise BackendUnavailableError("no backend available")  # pragma: no cover
+
+
+def reset_cache() -> None:  # used by tests that hide a backend
+    _cache.clear()
+    _failures.clear()
+    importlib.invalidate_caches()

@@ -1,0 +1,83 @@
+"""Hyperparameter validation per optimizer, shared by the functional API and the façades.
+
+Each function returns a dict of clean Python values (floats, ints, bools) ready
+for :mod:`fastadam._scalars` / :mod:`fastadam.reference`, or raises a
+``TypeError``/``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+from . import _validate as v
+
+
+def adam(*, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad,
+         maximize):
+    return dict(
+        step=v.step(step), lr=v.nonneg("lr", lr, "learning rate"),
+        beta1=v.unit("beta1", beta1, "beta parameter at index 0"),
+        beta2=v.unit("beta2", beta2, "beta parameter at index 1"),
+        eps=v.nonneg("eps", eps, "epsilon value"),
+        weight_decay=v.nonneg("weight_decay", weight_decay, "weight_decay value"),
+        decoupled_weight_decay=v.flag("decoupled_weight_decay", decoupled_weight_decay),
+        amsgrad=v.flag("amsgrad", amsgrad), maximize=v.flag("maximize", maximize))
+
+
+def rmsprop(*, lr, alpha, eps, weight_decay, momentum, centered, maximize):
+    return dict(
+        lr=v.nonneg("lr", lr, "learning rate"), alpha=v.unit("alpha", alpha, "alpha value"),
+        eps=v.nonneg("eps", eps, "epsilon value"),
+        weight_decay=v.nonneg("weight_decay", weight_decay, "weight_decay value"),
+        momentum=v.nonneg("momentum", momentum, "momentum value"),
+        centered=v.flag("centered", centered), maximize=v.flag("maximize", maximize))
+
+
+def adagrad(*, step, lr, lr_decay, eps, weight_decay, maximize):
+    return dict(
+        step=v.step(step), lr=v.nonneg("lr", lr, "learning rate"),
+        lr_decay=v.nonneg("lr_decay", lr_decay, "lr_decay value"),
+        eps=v.nonneg("eps", eps, "epsilon value"),
+        weight_decay=v.nonneg("weight_decay", weight_decay, "weight_decay value"),
+        maximize=v.flag("maximize", maximize))
+
+
+def sgd(*, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    hp = dict(
+        lr=v.nonneg("lr", lr, "learning rate"),
+        momentum=v.nonneg("momentum", momentum, "momentum value"),
+        dampening=v.real("dampening", dampening),
+        weight_decay=v.nonneg("weight_decay", weight_decay, "weight_decay value"),
+        nesterov=v.flag("nesterov", nesterov), maximize=v.flag("maximize", maximize))
+    if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    return hp
+
+
+def adadelta(*, lr, rho, eps, weight_decay, maximize):
+    return dict(
+        lr=v.nonneg("lr", lr, "learning rate"), rho=v.closed_unit("rho", rho, "rho value"),
+        eps=v.nonneg("eps", eps, "epsilon value"),
+        weight_decay=v.nonneg("weight_decay", weight_decay, "weight_decay value"),
+        maximize=v.flag("maximize", maximize))
+
+
+def nadam(*, step, lr, beta1, beta2, eps, weight_decay, momentum_decay,
+          decoupled_weight_decay, maximize):
+    return dict(
+        step=v.step(step), lr=v.nonneg("lr", lr, "learning rate"),
+        beta1=v.unit("beta1", beta1, "beta parameter at index 0"),
+        beta2=v.unit("beta2", beta2, "beta parameter at index 1"),
+        eps=v.nonneg("eps", eps, "epsilon value"),
+        weight_decay=v.nonneg("weight_decay", weight_decay, "weight_decay value"),
+        momentum_decay=v.nonneg("momentum_decay", momentum_decay, "momentum_decay value"),
+        decoupled_weight_decay=v.flag("decoupled_weight_decay", decoupled_weight_decay),
+        maximize=v.flag("maximize", maximize))
+
+
+def adamax(*, step, lr, beta1, beta2, eps, weight_decay, maximize):
+    return dict(
+        step=v.step(step), lr=v.nonneg("lr", lr, "learning rate"),
+        beta1=v.unit("beta1", beta1, "beta parameter at index 0"),
+        beta2=v.unit("beta2", beta2, "beta parameter at index 1"),
+        eps=v.nonneg("eps", eps, "epsilon value"),
+        weight_decay=v.nonneg("weight_decay", weight_decay, "weight_decay value"),
+        maximize=v.flag("maximize", maximize))

@@ -1,0 +1,113 @@
+"""Per-step scalar work, done once per step in Python and cast to the buffer dtype.
+
+Every compiled backend (numba CPU, numba CUDA, Cython) takes its scalars from
+here, in the argument order of the rules in :mod:`fastadam.rules`.  Doing the
+arithmetic in float64 Python floats and casting the results once with
+``dtype.type`` is what keeps float32 kernels in float32.
+
+Each function returns ``(kernel_name, scalars)``: the name of the kernel
+(one per set of arrays it touches) and the tuple of scalars.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: The state arrays each kernel reads and writes, in argument order (after p, g).
+KERNEL_STATES = {
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adam_amsgrad": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "rmsprop": ("square_avg",),
+    "rmsprop_momentum": ("square_avg", "momentum_buffer"),
+    "rmsprop_centered": ("square_avg", "grad_avg"),
+    "rmsprop_centered_momentum": ("square_avg", "grad_avg", "momentum_buffer"),
+    "adagrad": ("sum",),
+    "sgd": (),
+    "sgd_momentum": ("momentum_buffer",),
+    "adadelta": ("square_avg", "acc_delta"),
+    "nadam": ("exp_avg", "exp_avg_sq"),
+    "adamax": ("exp_avg", "exp_inf"),
+}
+
+
+def _common(c, maximize, l2):
+    return c(-1.0 if maximize else 1.0), c(l2)
+
+
+def adam(dtype, *, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
+         amsgrad, maximize):
+    c = dtype.type
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    if decoupled_weight_decay:
+        l2, decay = 0.0, 1.0 - lr * weight_decay
+    else:
+        l2, decay = weight_decay, 1.0
+    scal = _common(c, maximize, l2) + (
+        c(decay), c(1.0 - beta1), c(beta2), c(1.0 - beta2),
+        c(-lr / bc1), c(1.0 / math.sqrt(bc2)), c(eps))
+    return ("adam_amsgrad" if amsgrad else "adam"), scal
+
+
+def rmsprop(dtype, *, lr, alpha, eps, weight_decay, momentum, centered, maximize):
+    c = dtype.type
+    scal = _common(c, maximize, weight_decay) + (c(alpha), c(1.0 - alpha), c(-lr), c(eps))
+    name = "rmsprop"
+    if centered:
+        name += "_centered"
+    if momentum > 0:
+        name += "_momentum"
+        scal += (c(momentum),)
+    return name, scal
+
+
+def adagrad(dtype, *, step, lr, lr_decay, eps, weight_decay, maximize):
+    c = dtype.type
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    return "adagrad", _common(c, maximize, weight_decay) + (c(-clr), c(eps))
+
+
+def sgd(dtype, *, first, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    c = dtype.type
+    scal = _common(c, maximize, weight_decay) + (c(-lr),)
+    if momentum == 0:
+        return "sgd", scal
+    return "sgd_momentum", scal + (c(momentum), c(1.0 - dampening), bool(first),
+                                   bool(nesterov))
+
+
+def adadelta(dtype, *, lr, rho, eps, weight_decay, maximize):
+    c = dtype.type
+    return "adadelta", _common(c, maximize, weight_decay) + (
+        c(rho), c(1.0 - rho), c(-lr), c(eps))
+
+
+def nadam_mu(beta1, momentum_decay, step):
+    """NAdam's momentum schedule ``mu_t`` (torch.optim's formula)."""
+    return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+
+
+def nadam(dtype, *, step, mu_product, lr, beta1, beta2, eps, weight_decay, momentum_decay,
+          decoupled_weight_decay, maximize):
+    """Scalars for one NAdam step; ``mu_product`` is the product *before* this step."""
+    c = dtype.type
+    mu = nadam_mu(beta1, momentum_decay, step)
+    mu_product = mu_product * mu
+    mu_next = nadam_mu(beta1, momentum_decay, step + 1)
+    bc2 = 1.0 - beta2 ** step
+    if decoupled_weight_decay:
+        l2, decay = 0.0, 1.0 - lr * weight_decay
+    else:
+        l2, decay = weight_decay, 1.0
+    cg = -lr * (1.0 - mu) / (1.0 - mu_product)
+    cm = (-lr * mu_next) / (1.0 - mu_product * mu_next)
+    return "nadam", _common(c, maximize, l2) + (
+        c(decay), c(1.0 - beta1), c(beta2), c(1.0 - beta2), c(1.0 / bc2), c(eps),
+        c(cg), c(cm))
+
+
+def adamax(dtype, *, step, lr, beta1, beta2, eps, weight_decay, maximize):
+    c = dtype.type
+    clr = lr / (1.0 - beta1 ** step)
+    return "adamax", _common(c, maximize, weight_decay) + (
+        c(1.0 - beta1), c(beta2), c(eps), c(-clr))

@@ -1,0 +1,216 @@
+"""FlatParams: many parameter arrays living in one contiguous buffer per dtype.
+
+A fused optimizer step is one kernel call per *buffer*, not per tensor, so the
+arrays of a model are copied once into a single flat buffer (one per dtype) and
+handed back as views into it.  The caller's model code keeps using the views;
+the optimizer sees one long 1-D array.  A matching flat gradient buffer gets
+the same layout, and so does every optimizer state buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validate import FLOAT_DTYPES
+
+
+@dataclass
+class FlatBuffer:
+    """The parameters of one dtype: a flat data buffer, a flat grad buffer, the layout.
+
+    Attributes
+    ----------
+    dtype : numpy.dtype
+    data, grad : ndarray
+        1-D contiguous buffers of ``size`` elements.
+    keys : list
+        The caller's keys (dict input) or positions (list input) of the members.
+    offsets, shapes : list
+        Where each member starts in the buffer, and its shape.
+    """
+
+    dtype: np.dtype
+    data: np.ndarray
+    grad: np.ndarray
+    keys: list = field(default_factory=list)
+    offsets: list = field(default_factory=list)
+    shapes: list = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.data.shape[0])
+
+    def views(self, flat: np.ndarray) -> list:
+        """Views of ``flat`` (laid out like this buffer) shaped as the members."""
+        out = []
+        for off, shape in zip(self.offsets, self.shapes):
+            n = int(np.prod(shape, dtype=np.int64))
+            out.append(flat[off:off + n].reshape(shape))
+        return out
+
+
+class FlatParams:
+    """Parameters flattened into one contiguous buffer per dtype.
+
+    Parameters
+    ----------
+    params : dict of str -> ndarray, or list/tuple of ndarray
+        The arrays to flatten: float32 or float64, any shape, each a distinct
+        array.  Their values are copied once; afterwards :attr:`params` holds
+        views into the flat buffers, in the same container type and order.
+    replace : bool, default False
+        Also put the views into the given dict or list (``params[k] = view``),
+        so code holding that container sees the flat-backed arrays.
+
+    Attributes
+    ----------
+    buffers : list of FlatBuffer
+        One per dtype, in order of first appearance.
+    params, grads : dict or list
+        Views of the parameters and of their gradients (zero-filled), with the
+        caller's keys.  Write gradients into ``grads[k][...]``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastadam
+    >>> fp = fastadam.FlatParams({"w": np.ones((2, 3)), "b": np.zeros(3)})
+    >>> fp.buffers[0].data.shape
+    (9,)
+    >>> fp.params["w"].base is not None
+    True
+    """
+
+    def __init__(self, params, *, replace: bool = False):
+        if isinstance(params, dict):
+            self._is_dict = True
+            items = list(params.items())
+        elif isinstance(params, (list, tuple)):
+            self._is_dict = False
+            items = list(enumerate(params))
+        else:
+            raise TypeError("params must be a dict of name -> ndarray or a list of ndarrays, "
+                            f"got {type(params).__name__}")
+        seen = {}
+        by_dtype: dict = {}
+        for k, a in items:
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"parameter {k!r} must be a numpy.ndarray, got {type(a).__name__}")
+            if a.dtype not in FLOAT_DTYPES:
+                raise TypeError(f"parameter {k!r} has dtype {a.dtype}; only float32 and "
+                                "float64 parameters can be optimized")
+            if id(a) in seen:
+                raise ValueError(f"parameter {k!r} is the same array as {seen[id(a)]!r}")
+            seen[id(a)] = k
+            by_dtype.setdefault(a.dtype, []).append((k, a))
+        self.buffers: list = []
+        for dtype, members in by_dtype.items():
+            total = sum(int(a.size) for _, a in members)
+            data = np.empty(total, dtype=dtype)
+            grad = np.zeros(total, dtype=dtype)
+            fb = FlatBuffer(dtype=np.dtype(dtype), data=data, grad=grad)
+            off = 0
+            for k, a in members:
+                data[off:off + a.size] = a.reshape(-1)
+                fb.keys.append(k)
+                fb.offsets.append(off)
+                fb.shapes.append(tuple(a.shape))
+                off += a.size
+            self.buffers.append(fb)
+        self._n = len(items)
+        self._order = [k for k, _ in items]
+        self.params = self._assemble(lambda fb: fb.views(fb.data))
+        self.grads = self._assemble(lambda fb: fb.views(fb.grad))
+        if replace:
+            for k in self._order:
+                params[k] = self.params[k]
+
+    # -- layout helpers ------------------------------------------------------------
+    def _assemble(self, per_buffer):
+        found = {}
+        for fb in self.buffers:
+            for k, v in zip(fb.keys, per_buffer(fb)):
+                found[k] = v
+        if self._is_dict:
+            return {k: found[k] for k in self._order}
+        return [found[k] for k in self._order]
+
+    @property
+    def keys(self) -> list:
+        """The parameters' keys (dict input) or positions (list input), in order."""
+        return list(self._order)
+
+    @property
+    def size(self) -> int:
+        """Total number of elements over all buffers."""
+        return sum(fb.size for fb in self.buffers)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        desc = ", ".join(f"{fb.dtype}: {len(fb.keys)} arrays / {fb.size} elements"
+                         for fb in self.buffers)
+        return f"FlatParams({desc})"
+
+    def zero_grad(self) -> None:
+        """Fill every flat gradient buffer with zeros."""
+        for fb in self.buffers:
+            fb.grad.fill(0)
+
+    def unflatten(self, flat) -> dict | list:
+        """Views of a flat array laid out like one of the buffers, with the caller's keys.
+
+        Parameters
+        ----------
+        flat : ndarray
+            1-D, with the dtype and size of one of :attr:`buffers` (e.g. an
+            optimizer state buffer).
+
+        Returns
+        -------
+        dict or list
+            The members of that buffer, as views of ``flat`` (only those members:
+            in a mixed-dtype FlatParams the others live in other buffers).
+        """
+        flat = np.asarray(flat)
+        if flat.ndim != 1:
+            raise ValueError(f"flat must be 1-D, got shape {flat.shape}")
+        for fb in self.buffers:
+            if fb.dtype == flat.dtype and fb.size == flat.shape[0]:
+                views = fb.views(flat)
+                if self._is_dict:
+                    return dict(zip(fb.keys, views))
+                return views
+        raise ValueError(f"no buffer has dtype {flat.dtype} and size {flat.shape[0]}; "
+                         f"buffers: {[(str(fb.dtype), fb.size) for fb in self.buffers]}")
+
+    def flatten(self, arrays) -> list:
+        """Copy arrays laid out like the parameters into new flat arrays, one per buffer.
+
+        Parameters
+        ----------
+        arrays : dict or list
+            Same keys and shapes as the parameters (values are cast to each
+            buffer's dtype).
+        """
+        out = []
+        for fb in self.buffers:
+            flat = np.empty(fb.size, dtype=fb.dtype)
+            for k, off, shape in zip(fb.keys, fb.offsets, fb.shapes):
+                a = np.asarray(arrays[k])
+                if a.shape != shape:
+                    raise ValueError(f"{k!r} has shape {a.shape}, expected {shape}")
+                flat[off:off + a.size] = a.reshape(-1)
+            out.append(flat)
+        return out
+
+    def set_grads(self, grads) -> None:
+        """Copy gradients (same keys and shapes as the parameters) into the flat grad buffers.
+
+        All shapes are checked before anything is copied.
+        """
+        flats = self.flatten(grads)
+        for fb, f in zip(self.buffers, flats):
+            fb.grad[...] = f

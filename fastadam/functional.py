@@ -1,0 +1,322 @@
+r"""Functional, in-place optimizer steps on arrays.
+
+Each function applies **one** fused step of an optimizer to one parameter array
+and its state arrays, in place: one pass that reads the parameter, the gradient
+and each state array once and writes each updated array once.  The math is
+torch.optim's single-tensor ("for-loop") implementation.
+
+Arrays: NumPy arrays of one dtype (float32 or float64) and one shape,
+C-contiguous; the parameter and state arrays writeable and not overlapping
+anything else.  On the ``cuda`` backend, device arrays exposing
+``__cuda_array_interface__`` instead.  Every check (arrays and
+hyperparameters) runs before anything is written, so a call that raises
+changes nothing.
+
+Step counts ``step`` are the count *including* this step (1 on the first
+call), as torch.optim's ``state["step"]`` after its increment.
+
+``backend`` is ``"auto"`` (numba for host arrays, cuda for device arrays), or
+one of :func:`fastadam.available_backends`.
+"""
+
+from __future__ import annotations
+
+from . import _backends, _hparams, _scalars
+from . import _validate as _v
+
+__all__ = ["adam_", "rmsprop_", "adagrad_", "sgd_", "adadelta_", "nadam_", "adamax_"]
+
+
+def _run(opt, backend, named, outputs, hp):
+    be = _backends.resolve(backend, named["param"])
+    arrays = be.check(named, outputs)
+    be.step(opt, arrays, hp)
+
+
+def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
+          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
+          max_exp_avg_sq=None, maximize=False, backend="auto"):
+    r"""One Adam / AdamW / AMSGrad step, in place.
+
+    .. math::
+
+        g &\leftarrow \pm g + \lambda_{L2}\,\theta \\
+        \theta &\leftarrow \theta\,(1 - \gamma\lambda_{W}) \\
+        m &\leftarrow m + (1-\beta_1)(g - m) \\
+        v &\leftarrow \beta_2 v + (1-\beta_2) g^2 \\
+        \hat v &\leftarrow \max(\hat v, v) \quad\text{(AMSGrad; else } \hat v = v) \\
+        \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}\,
+                 \frac{m}{\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    where ``-g`` is used when ``maximize``, and ``weight_decay`` is
+    :math:`\lambda_{L2}` (added to the gradient) unless
+    ``decoupled_weight_decay`` (AdamW), when it is :math:`\lambda_W`.
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq : ndarray
+        Parameter, gradient, first and second moment; same shape and dtype.
+    step : int
+        The step number including this one (``t`` above, >= 1).
+    lr, beta1, beta2, eps : float
+        :math:`\gamma`, :math:`\beta_1, \beta_2 \in [0, 1)`, :math:`\epsilon \ge 0`.
+    weight_decay : float, default 0
+    decoupled_weight_decay : bool, default False
+        AdamW's decay of the parameter instead of L2 added to the gradient.
+    amsgrad : bool, default False
+        Use the running maximum ``max_exp_avg_sq`` (required then).
+    max_exp_avg_sq : ndarray, optional
+    maximize : bool, default False
+    backend : str, default "auto"
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad argument, before anything is written.
+    """
+    hp = _hparams.adam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                       weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+                       amsgrad=amsgrad, maximize=maximize)
+    named = {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    outputs = ("param", "exp_avg", "exp_avg_sq")
+    if hp["amsgrad"]:
+        if max_exp_avg_sq is None:
+            raise ValueError("amsgrad=True needs the max_exp_avg_sq array")
+        named["max_exp_avg_sq"] = max_exp_avg_sq
+        outputs += ("max_exp_avg_sq",)
+    _run("adam", backend, named, outputs, hp)
+
+
+def rmsprop_(param, grad, square_avg, *, lr, alpha, eps, weight_decay=0.0, momentum=0.0,
+             momentum_buffer=None, centered=False, grad_avg=None, maximize=False,
+             backend="auto"):
+    r"""One RMSprop step, in place.
+
+    .. math::
+
+        g &\leftarrow \pm g + \lambda\theta \\
+        s &\leftarrow \alpha s + (1-\alpha) g^2 \\
+        \bar g &\leftarrow \bar g + (1-\alpha)(g - \bar g) \quad\text{(centered)} \\
+        a &\leftarrow \sqrt{s - \bar g^2} + \epsilon \quad\text{(centered; else }
+              \sqrt{s} + \epsilon) \\
+        b &\leftarrow \mu b + g / a \quad\text{(momentum } \mu > 0) \\
+        \theta &\leftarrow \theta - \gamma\, b \quad\text{(momentum; else }
+              \theta - \gamma g / a)
+
+    Parameters
+    ----------
+    param, grad, square_avg : ndarray
+    lr : float
+    alpha : float
+        Smoothing constant in [0, 1).
+    eps : float
+    weight_decay : float, default 0
+    momentum : float, default 0
+        When > 0, ``momentum_buffer`` is required.
+    momentum_buffer : ndarray, optional
+    centered : bool, default False
+        When True, ``grad_avg`` is required.
+    grad_avg : ndarray, optional
+    maximize : bool, default False
+    backend : str, default "auto"
+    """
+    hp = _hparams.rmsprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                          momentum=momentum, centered=centered, maximize=maximize)
+    named = {"param": param, "grad": grad, "square_avg": square_avg}
+    outputs = ("param", "square_avg")
+    if hp["centered"]:
+        if grad_avg is None:
+            raise ValueError("centered=True needs the grad_avg array")
+        named["grad_avg"] = grad_avg
+        outputs += ("grad_avg",)
+    if hp["momentum"] > 0:
+        if momentum_buffer is None:
+            raise ValueError("momentum > 0 needs the momentum_buffer array")
+        named["momentum_buffer"] = momentum_buffer
+        outputs += ("momentum_buffer",)
+    _run("rmsprop", backend, named, outputs, hp)
+
+
+def adagrad_(param, grad, sum, *, step, lr, lr_decay=0.0, eps, weight_decay=0.0,
+             maximize=False, backend="auto"):
+    r"""One Adagrad step, in place.
+
+    .. math::
+
+        g &\leftarrow \pm g + \lambda\theta \\
+        \tilde\gamma &= \gamma / (1 + (t-1)\,\eta) \\
+        s &\leftarrow s + g^2 \\
+        \theta &\leftarrow \theta - \tilde\gamma\, g / (\sqrt{s} + \epsilon)
+
+    Parameters
+    ----------
+    param, grad, sum : ndarray
+        ``sum`` is the accumulator (torch.optim's state key ``"sum"``).
+    step : int
+        ``t`` above, including this step.
+    lr : float
+    lr_decay : float, default 0
+        :math:`\eta`.
+    eps : float
+    weight_decay : float, default 0
+    maximize : bool, default False
+    backend : str, default "auto"
+    """
+    hp = _hparams.adagrad(step=step, lr=lr, lr_decay=lr_decay, eps=eps,
+                          weight_decay=weight_decay, maximize=maximize)
+    _run("adagrad", backend, {"param": param, "grad": grad, "sum": sum}, ("param", "sum"), hp)
+
+
+def sgd_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0,
+         weight_decay=0.0, nesterov=False, maximize=False, first_step=False, backend="auto"):
+    r"""One SGD step (optionally with momentum / Nesterov), in place.
+
+    .. math::
+
+        g &\leftarrow \pm g + \lambda\theta \\
+        b &\leftarrow g \quad\text{(first step)}, \qquad
+        b \leftarrow \mu b + (1-\tau) g \quad\text{(later steps)} \\
+        d &= g + \mu b \quad\text{(Nesterov; else } d = b) \\
+        \theta &\leftarrow \theta - \gamma d
+
+    Without momentum, :math:`\theta \leftarrow \theta - \gamma g`.
+
+    Parameters
+    ----------
+    param, grad : ndarray
+    momentum_buffer : ndarray, optional
+        Required when ``momentum != 0``.
+    lr : float
+    momentum : float, default 0
+        :math:`\mu`.
+    dampening : float, default 0
+        :math:`\tau`.
+    weight_decay : float, default 0
+    nesterov : bool, default False
+    maximize : bool, default False
+    first_step : bool, default False
+        True on the first step with this buffer: it is set to the gradient
+        (torch.optim's "buffer is None" case), whatever it held.
+    backend : str, default "auto"
+    """
+    hp = _hparams.sgd(lr=lr, momentum=momentum, dampening=dampening,
+                      weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+    hp["first"] = _v.flag("first_step", first_step)
+    named = {"param": param, "grad": grad}
+    outputs = ("param",)
+    if hp["momentum"] != 0:
+        if momentum_buffer is None:
+            raise ValueError("momentum != 0 needs the momentum_buffer array")
+        named["momentum_buffer"] = momentum_buffer
+        outputs += ("momentum_buffer",)
+    _run("sgd", backend, named, outputs, hp)
+
+
+def adadelta_(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
+              weight_decay=0.0, maximize=False, backend="auto"):
+    r"""One Adadelta step, in place.
+
+    .. math::
+
+        g &\leftarrow \pm g + \lambda\theta \\
+        v &\leftarrow \rho v + (1-\rho) g^2 \\
+        \Delta &= \sqrt{u + \epsilon}\,/\,\sqrt{v + \epsilon}\; g \\
+        u &\leftarrow \rho u + (1-\rho)\Delta^2 \\
+        \theta &\leftarrow \theta - \gamma\Delta
+
+    Parameters
+    ----------
+    param, grad, square_avg, acc_delta : ndarray
+        ``square_avg`` is :math:`v`, ``acc_delta`` is :math:`u`.
+    lr : float, default 1.0
+    rho : float, default 0.9
+    eps : float, default 1e-6
+    weight_decay : float, default 0
+    maximize : bool, default False
+    backend : str, default "auto"
+    """
+    hp = _hparams.adadelta(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                           maximize=maximize)
+    _run("adadelta", backend,
+         {"param": param, "grad": grad, "square_avg": square_avg, "acc_delta": acc_delta},
+         ("param", "square_avg", "acc_delta"), hp)
+
+
+def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1, beta2, eps,
+           weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
+           maximize=False, backend="auto"):
+    r"""One NAdam step, in place; returns the new ``mu_product``.
+
+    .. math::
+
+        \mu_t &= \beta_1\,(1 - \tfrac12\, 0.96^{t\psi}) \\
+        \Pi_t &= \Pi_{t-1}\,\mu_t \\
+        g &\leftarrow \pm g + \lambda_{L2}\theta, \qquad
+        \theta \leftarrow \theta(1 - \gamma\lambda_W) \\
+        m &\leftarrow m + (1-\beta_1)(g - m), \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2 \\
+        d &= \sqrt{v / (1-\beta_2^t)} + \epsilon \\
+        \theta &\leftarrow \theta - \gamma\frac{1-\mu_t}{1-\Pi_t}\frac{g}{d}
+                 - \gamma\frac{\mu_{t+1}}{1-\Pi_t\mu_{t+1}}\frac{m}{d}
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq : ndarray
+    step : int
+        ``t``, including this step.
+    mu_product : float
+        :math:`\Pi_{t-1}`, the product of the momentum schedule over the previous
+        steps (1.0 before the first step; torch.optim's state ``"mu_product"``).
+    lr, beta1, beta2, eps : float
+    weight_decay : float, default 0
+    momentum_decay : float, default 4e-3
+        :math:`\psi`.
+    decoupled_weight_decay : bool, default False
+    maximize : bool, default False
+    backend : str, default "auto"
+
+    Returns
+    -------
+    float
+        :math:`\Pi_t`, to pass as ``mu_product`` on the next step.
+    """
+    hp = _hparams.nadam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                        weight_decay=weight_decay, momentum_decay=momentum_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    mp = _v.real("mu_product", mu_product)
+    new_mp = mp * _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], hp["step"])
+    if new_mp == 1.0 or mp * _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], hp["step"]) \
+            * _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], hp["step"] + 1) == 1.0:
+        raise ValueError(f"Invalid mu_product: {mu_product} (the step would divide by zero)")
+    hp["mu_product"] = mp
+    _run("nadam", backend,
+         {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
+         ("param", "exp_avg", "exp_avg_sq"), hp)
+    return new_mp
+
+
+def adamax_(param, grad, exp_avg, exp_inf, *, step, lr, beta1, beta2, eps, weight_decay=0.0,
+            maximize=False, backend="auto"):
+    r"""One Adamax step, in place.
+
+    .. math::
+
+        g &\leftarrow \pm g + \lambda\theta \\
+        m &\leftarrow m + (1-\beta_1)(g - m) \\
+        u &\leftarrow \max(\beta_2 u,\; |g| + \epsilon) \\
+        \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}\,\frac{m}{u}
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_inf : ndarray
+    step : int
+    lr, beta1, beta2, eps : float
+    weight_decay : float, default 0
+    maximize : bool, default False
+    backend : str, default "auto"
+    """
+    hp = _hparams.adamax(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                         weight_decay=weight_decay, maximize=maximize)
+    _run("adamax", backend,
+         {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_inf": exp_inf},
+         ("param", "exp_avg", "exp_inf"), hp)

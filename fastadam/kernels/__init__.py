@@ -1,0 +1,1 @@
+"""Compiled loops over flat buffers: :mod:`.cpu` (numba) and, where present, :mod:`.cuda`."""

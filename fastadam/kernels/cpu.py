@@ -1,0 +1,156 @@
+"""numba CPU kernels: one fused, in-place loop per optimizer variant.
+
+Every kernel reads each of its arrays once and writes each output once per
+element; the per-element math is the rule from :mod:`fastadam.rules`, inlined.
+Each kernel exists in two compiled variants, made lazily from the same Python
+source: a ``parallel=True`` prange loop and a serial one for small buffers
+(see :data:`fastadam._config.PARALLEL_THRESHOLD`).  Both use numba's on-disk
+cache; the cache entries are keyed by a hash of the rule sources, because
+numba itself only notices edits to this file.
+
+Arguments are 1-D C-contiguous arrays of one dtype followed by the scalars of
+:mod:`fastadam._scalars`, already cast to that dtype.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numba
+from numba import prange
+
+from .. import rules as _rules
+from .._config import FASTMATH, PARALLEL_THRESHOLD
+from ..rules import adadelta as _adadelta_r
+from ..rules import adagrad as _adagrad_r
+from ..rules import adam as _adam_r
+from ..rules import adamax as _adamax_r
+from ..rules import nadam as _nadam_r
+from ..rules import rmsprop as _rmsprop_r
+from ..rules import sgd as _sgd_r
+
+
+def _inline(f):
+    return numba.njit(inline="always", fastmath=FASTMATH, cache=False)(f)
+
+
+r_adam = _inline(_adam_r.adam)
+r_adam_amsgrad = _inline(_adam_r.adam_amsgrad)
+r_rmsprop = _inline(_rmsprop_r.rmsprop)
+r_rmsprop_momentum = _inline(_rmsprop_r.rmsprop_momentum)
+r_rmsprop_centered = _inline(_rmsprop_r.rmsprop_centered)
+r_rmsprop_centered_momentum = _inline(_rmsprop_r.rmsprop_centered_momentum)
+r_adagrad = _inline(_adagrad_r.adagrad)
+r_sgd = _inline(_sgd_r.sgd)
+r_sgd_momentum = _inline(_sgd_r.sgd_momentum)
+r_adadelta = _inline(_adadelta_r.adadelta)
+r_nadam = _inline(_nadam_r.nadam)
+r_adamax = _inline(_adamax_r.adamax)
+
+
+# --- the loops -----------------------------------------------------------------
+# ``*s`` cannot be spread into a numba call element-wise per array, so each loop is
+# written out; they differ only in which arrays they read and write.
+
+def adam(p, g, m, v, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    for i in prange(p.shape[0]):
+        p[i], m[i], v[i] = r_adam(p[i], g[i], m[i], v[i], s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
+def adam_amsgrad(p, g, m, v, vmax, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    for i in prange(p.shape[0]):
+        p[i], m[i], v[i], vmax[i] = r_adam_amsgrad(
+            p[i], g[i], m[i], v[i], vmax[i], s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
+def rmsprop(p, g, sq, s0, s1, s2, s3, s4, s5):
+    for i in prange(p.shape[0]):
+        p[i], sq[i] = r_rmsprop(p[i], g[i], sq[i], s0, s1, s2, s3, s4, s5)
+
+
+def rmsprop_momentum(p, g, sq, buf, s0, s1, s2, s3, s4, s5, s6):
+    for i in prange(p.shape[0]):
+        p[i], sq[i], buf[i] = r_rmsprop_momentum(
+            p[i], g[i], sq[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
+
+
+def rmsprop_centered(p, g, sq, ga, s0, s1, s2, s3, s4, s5):
+    for i in prange(p.shape[0]):
+        p[i], sq[i], ga[i] = r_rmsprop_centered(p[i], g[i], sq[i], ga[i], s0, s1, s2, s3, s4, s5)
+
+
+def rmsprop_centered_momentum(p, g, sq, ga, buf, s0, s1, s2, s3, s4, s5, s6):
+    for i in prange(p.shape[0]):
+        p[i], sq[i], ga[i], buf[i] = r_rmsprop_centered_momentum(
+            p[i], g[i], sq[i], ga[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
+
+
+def adagrad(p, g, s, s0, s1, s2, s3):
+    for i in prange(p.shape[0]):
+        p[i], s[i] = r_adagrad(p[i], g[i], s[i], s0, s1, s2, s3)
+
+
+def sgd(p, g, s0, s1, s2):
+    for i in prange(p.shape[0]):
+        p[i] = r_sgd(p[i], g[i], s0, s1, s2)
+
+
+def sgd_momentum(p, g, buf, s0, s1, s2, s3, s4, first, nesterov):
+    for i in prange(p.shape[0]):
+        p[i], buf[i] = r_sgd_momentum(p[i], g[i], buf[i], s0, s1, s2, s3, s4, first, nesterov)
+
+
+def adadelta(p, g, sq, acc, s0, s1, s2, s3, s4, s5):
+    for i in prange(p.shape[0]):
+        p[i], sq[i], acc[i] = r_adadelta(p[i], g[i], sq[i], acc[i], s0, s1, s2, s3, s4, s5)
+
+
+def nadam(p, g, m, v, s0, s1, s2, s3, s4, s5, s6, s7, s8, s9):
+    for i in prange(p.shape[0]):
+        p[i], m[i], v[i] = r_nadam(p[i], g[i], m[i], v[i], s0, s1, s2, s3, s4, s5, s6, s7,
+                                   s8, s9)
+
+
+def adamax(p, g, m, u, s0, s1, s2, s3, s4, s5):
+    for i in prange(p.shape[0]):
+        p[i], m[i], u[i] = r_adamax(p[i], g[i], m[i], u[i], s0, s1, s2, s3, s4, s5)
+
+
+KERNEL_NAMES = (
+    "adam", "adam_amsgrad", "rmsprop", "rmsprop_momentum", "rmsprop_centered",
+    "rmsprop_centered_momentum", "adagrad", "sgd", "sgd_momentum", "adadelta", "nadam",
+    "adamax",
+)
+
+# Cache entries are keyed by the rules' sources and the compile flags, which
+# numba's own cache check (this file's timestamp) does not see.
+_RULES_HASH = _rules.source_hash(extra=repr(sorted(FASTMATH)))
+_compiled: dict = {}
+
+
+def _make(name: str, parallel: bool):
+    src = globals()[name]
+    suffix = ("_par_" if parallel else "_ser_") + _RULES_HASH
+    # A renamed copy of the function: numba names its cache files after the
+    # qualified name, so the two variants (and each rules version) get their own.
+    f = types.FunctionType(src.__code__, src.__globals__, name + suffix, src.__defaults__,
+                           src.__closure__)
+    f.__qualname__ = src.__qualname__ + suffix
+    f.__module__ = src.__module__
+    return numba.njit(parallel=parallel, cache=True, fastmath=FASTMATH, nogil=True,
+                      error_model="numpy", boundscheck=False)(f)
+
+
+def get(name: str, parallel: bool):
+    """The compiled dispatcher of kernel ``name`` (created lazily, compiled on first call)."""
+    key = (name, parallel)
+    k = _compiled.get(key)
+    if k is None:
+        k = _compiled[key] = _make(name, parallel)
+    return k
+
+
+def run(name: str, arrays, scalars) -> None:
+    """Run kernel ``name`` on 1-D contiguous ``arrays`` with the given scalars."""
+    n = arrays[0].shape[0]
+    get(name, n >= PARALLEL_THRESHOLD)(*arrays, *scalars)

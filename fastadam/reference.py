@@ -1,0 +1,134 @@
+"""The readable NumPy reference: ground truth for the tests, never fast.
+
+Each function is a line-by-line transcription of torch.optim's single-tensor
+("for-loop") implementation for one parameter, written with whole-array NumPy
+operations in the array's own dtype (NumPy 2 keeps ``float32_array * 0.9`` in
+float32).  It deliberately shares no code with :mod:`fastadam.rules` or
+:mod:`fastadam._scalars`, so that the compiled kernels are checked against an
+independent derivation.  All arrays are updated in place; the caller validates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def adam_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1, beta2,
+          eps, weight_decay, decoupled_weight_decay, amsgrad, maximize):
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            grad = grad + weight_decay * param
+    exp_avg += (1 - beta1) * (grad - exp_avg)          # lerp
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * grad * grad
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = math.sqrt(bias_correction2)
+    if amsgrad:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        denom = np.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
+    else:
+        denom = np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+    param -= step_size * (exp_avg / denom)
+
+
+def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, eps,
+             weight_decay, momentum, centered, maximize):
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    square_avg *= alpha
+    square_avg += (1 - alpha) * grad * grad
+    if centered:
+        grad_avg += (1 - alpha) * (grad - grad_avg)
+        avg = np.sqrt(square_avg - grad_avg * grad_avg)
+    else:
+        avg = np.sqrt(square_avg)
+    avg += eps
+    if momentum > 0:
+        momentum_buffer *= momentum
+        momentum_buffer += grad / avg
+        param -= lr * momentum_buffer
+    else:
+        param -= lr * (grad / avg)
+
+
+def adagrad_(param, grad, state_sum, *, step, lr, lr_decay, eps, weight_decay, maximize):
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    clr = lr / (1 + (step - 1) * lr_decay)
+    state_sum += grad * grad
+    std = np.sqrt(state_sum) + eps
+    param -= clr * (grad / std)
+
+
+def sgd_(param, grad, momentum_buffer, *, first, lr, momentum, dampening, weight_decay,
+         nesterov, maximize):
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    if momentum != 0:
+        if first:
+            momentum_buffer[...] = grad
+        else:
+            momentum_buffer *= momentum
+            momentum_buffer += (1 - dampening) * grad
+        if nesterov:
+            grad = grad + momentum * momentum_buffer
+        else:
+            grad = momentum_buffer
+    param -= lr * grad
+
+
+def adadelta_(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, maximize):
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    square_avg *= rho
+    square_avg += (1 - rho) * grad * grad
+    std = np.sqrt(square_avg + eps)
+    delta = np.sqrt(acc_delta + eps) / std * grad
+    acc_delta *= rho
+    acc_delta += (1 - rho) * delta * delta
+    param -= lr * delta
+
+
+def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1, beta2, eps,
+           weight_decay, momentum_decay, decoupled_weight_decay, maximize):
+    """One NAdam step; returns the new ``mu_product``."""
+    grad = -grad if maximize else grad
+    bias_correction2 = 1 - beta2 ** step
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            grad = grad + weight_decay * param
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product = mu_product * mu
+    exp_avg += (1 - beta1) * (grad - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * grad * grad
+    denom = np.sqrt(exp_avg_sq / bias_correction2) + eps
+    mu_product_next = mu_product * mu_next
+    param += (-lr * (1.0 - mu) / (1.0 - mu_product)) * (grad / denom)
+    param += ((-lr * mu_next) / (1.0 - mu_product_next)) * (exp_avg / denom)
+    return mu_product
+
+
+def adamax_(param, grad, exp_avg, exp_inf, *, step, lr, beta1, beta2, eps, weight_decay,
+            maximize):
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    exp_avg += (1 - beta1) * (grad - exp_avg)
+    np.maximum(exp_inf * beta2, np.abs(grad) + eps, out=exp_inf)
+    clr = lr / (1 - beta1 ** step)
+    param -= clr * (exp_avg / exp_inf)

@@ -1,0 +1,21 @@
+"""Adadelta, per element (torch.optim's for-loop math).
+
+::
+
+    g     = gsign * g + l2 * p
+    sq    = rho * sq + omr * g * g                      # omr = 1 - rho
+    delta = sqrt(acc + eps) / sqrt(sq + eps) * g
+    acc   = rho * acc + omr * delta * delta
+    p     = p + neg_lr * delta
+"""
+
+import math
+
+
+def adadelta(p, g, sq, acc, gsign, l2, rho, omr, neg_lr, eps):
+    g = gsign * g + l2 * p
+    sq = rho * sq + omr * g * g
+    delta = math.sqrt(acc + eps) / math.sqrt(sq + eps) * g
+    acc = rho * acc + omr * delta * delta
+    p = p + neg_lr * delta
+    return p, sq, acc

@@ -1,0 +1,17 @@
+"""Adagrad, per element (torch.optim's for-loop math).
+
+::
+
+    g = gsign * g + l2 * p
+    s = s + g * g
+    p = p + neg_clr * g / (sqrt(s) + eps)     # neg_clr = -lr / (1 + (t - 1) * lr_decay)
+"""
+
+import math
+
+
+def adagrad(p, g, s, gsign, l2, neg_clr, eps):
+    g = gsign * g + l2 * p
+    s = s + g * g
+    p = p + neg_clr * g / (math.sqrt(s) + eps)
+    return p, s

@@ -1,0 +1,35 @@
+"""Adam, AdamW and AMSGrad, per element (torch.optim's for-loop math).
+
+With ``s`` the per-step scalars computed by :func:`fastadam._scalars.adam`::
+
+    g  = gsign * g + l2 * p              # maximize flips the sign; L2 decay
+    p  = p * decay                       # decoupled (AdamW) decay, 1 otherwise
+    m  = m + omb1 * (g - m)              # lerp(m, g, 1 - beta1)
+    v  = beta2 * v + omb2 * g * g
+    vh = max(vmax, v)                    # AMSGrad only, stored back in vmax
+    p  = p + neg_step * m / (sqrt(vh) * inv_bc2_sqrt + eps)
+
+where ``neg_step = -lr / (1 - beta1**t)`` and ``inv_bc2_sqrt = 1 / sqrt(1 - beta2**t)``.
+"""
+
+import math
+
+
+def adam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, neg_step, inv_bc2_sqrt, eps):
+    g = gsign * g + l2 * p
+    p = p * decay
+    m = m + omb1 * (g - m)
+    v = beta2 * v + omb2 * g * g
+    p = p + neg_step * m / (math.sqrt(v) * inv_bc2_sqrt + eps)
+    return p, m, v
+
+
+def adam_amsgrad(p, g, m, v, vmax, gsign, l2, decay, omb1, beta2, omb2, neg_step,
+                 inv_bc2_sqrt, eps):
+    g = gsign * g + l2 * p
+    p = p * decay
+    m = m + omb1 * (g - m)
+    v = beta2 * v + omb2 * g * g
+    vmax = vmax if (vmax >= v or vmax != vmax) else v
+    p = p + neg_step * m / (math.sqrt(vmax) * inv_bc2_sqrt + eps)
+    return p, m, v, vmax

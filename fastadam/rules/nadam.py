@@ -1,0 +1,29 @@
+"""NAdam, per element (torch.optim's for-loop math).
+
+The momentum schedule ``mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))``
+and the running product ``mu_product`` are scalars handled once per step; per
+element::
+
+    g     = gsign * g + l2 * p
+    p     = p * decay                               # decoupled weight decay
+    m     = m + omb1 * (g - m)
+    v     = beta2 * v + omb2 * g * g
+    denom = sqrt(v * inv_bc2) + eps                 # inv_bc2 = 1 / (1 - beta2**t)
+    p     = p + cg * g / denom + cm * m / denom
+
+with ``cg = -lr * (1 - mu_t) / (1 - mu_product_t)`` and
+``cm = -lr * mu_{t+1} / (1 - mu_product_t * mu_{t+1})``.
+"""
+
+import math
+
+
+def nadam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, inv_bc2, eps, cg, cm):
+    g = gsign * g + l2 * p
+    p = p * decay
+    m = m + omb1 * (g - m)
+    v = beta2 * v + omb2 * g * g
+    denom = math.sqrt(v * inv_bc2) + eps
+    p = p + cg * g / denom
+    p = p + cm * m / denom
+    return p, m, v
