@@ -97,6 +97,8 @@ class Optimizer:
             raise TypeError(f"unknown hyperparameter(s) in param group: {sorted(unknown)}")
         full = {k: group.get(k, v) for k, v in self.defaults.items()}
         self._hparams(full, {}, 1)          # validate before copying anything
+        if not isinstance(p, FlatParams) and len(p) == 0:
+            raise ValueError("optimizer got an empty parameter list")
         fp = p if isinstance(p, FlatParams) else FlatParams(p, replace=True)
         full["params"] = fp.keys
         self.param_groups.append(full)
