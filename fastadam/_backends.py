@@ -47,12 +47,18 @@ class Backend:
 class CompiledBackend(Backend):
     """A backend given by a ``run(kernel_name, arrays, scalars)`` function."""
 
-    def __init__(self, name, run, check=None, device=False):
+    def __init__(self, name, run, check=None, device=False, bind=None):
         self.name = name
         self.run = run
         self.device = device
         if check is not None:
             self.check = check
+        #: optional ``bind(kernel_name, arrays, typed_scalars) -> f``: ``f(*scalars)`` runs
+        #: the kernel on those (already checked) arrays with the least per-call overhead,
+        #: taking the scalars as Python floats (and bools) and rounding them to the
+        #: arrays' dtype as ``dtype.type`` does; used by the façades, which step the
+        #: same buffers again and again (``fastadam/optim/base.py``).
+        self.bind = bind
 
     def step(self, opt, arrays, hp):
         p = arrays["param"]
@@ -92,7 +98,7 @@ def _load_numba():
         from .kernels import cpu
     except ImportError as e:
         raise BackendUnavailableError(f"the numba backend needs numba, which failed to import: {e}") from e
-    return CompiledBackend("numba", cpu.run)
+    return CompiledBackend("numba", cpu.run, bind=cpu.bind)
 
 
 def _load_cython():
@@ -102,7 +108,7 @@ def _load_cython():
         raise BackendUnavailableError(
             "the cython backend's compiled extension is not built or failed to import "
             f"({e}); reinstall fastadam with a C compiler (pip install .)") from e
-    return CompiledBackend("cython", cy.run)
+    return CompiledBackend("cython", cy.run, bind=getattr(cy, "bind", None))
 
 
 def _load_cuda():
@@ -154,8 +160,16 @@ def available_backends() -> list:
 
 
 def is_device_array(a) -> bool:
+    """True for arrays exposing ``__cuda_array_interface__`` (NumPy arrays never do)."""
     import numpy as np
-    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+    if isinstance(a, np.ndarray):
+        return False
+    try:
+        return hasattr(a, "__cuda_array_interface__")
+    except RuntimeError:
+        # torch raises RuntimeError (not AttributeError) for a CUDA tensor that
+        # requires grad: it is a device array all the same.
+        return True
 
 
 def resolve(name, array) -> Backend:

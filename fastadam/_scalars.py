@@ -111,3 +111,12 @@ def adamax(dtype, *, step, lr, beta1, beta2, eps, weight_decay, maximize):
     clr = lr / (1.0 - beta1 ** step)
     return "adamax", _common(c, maximize, weight_decay) + (
         c(1.0 - beta1), c(beta2), c(eps), c(-clr))
+
+
+def scale_grad(dtype, scalars, gscale):
+    """``scalars`` with a gradient factor folded into ``gsign`` (every kernel's scalar 0).
+
+    Used for fused unscaling / norm clipping (:mod:`fastadam.lowp`): the kernel
+    then sees ``gsign * gscale * g``, with one rounding of ``gsign * gscale``.
+    """
+    return (dtype.type(float(scalars[0]) * float(gscale)),) + tuple(scalars[1:])

@@ -35,7 +35,9 @@ def _run(opt, backend, named, outputs, hp):
 
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
           weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-          max_exp_avg_sq=None, maximize=False, backend="auto"):
+          max_exp_avg_sq=None, maximize=False, backend="auto", state_dtype="float32",
+          exp_avg_scale=None, exp_avg_sq_scale=None, grad_scale=None, clip_coef=None,
+          clip_value=None):
     r"""One Adam / AdamW / AMSGrad step, in place.
 
     .. math::
@@ -68,12 +70,32 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
     max_exp_avg_sq : ndarray, optional
     maximize : bool, default False
     backend : str, default "auto"
+    state_dtype : {"float32", "bfloat16", "int8"}, default "float32"
+        Storage of the moments; ``"bfloat16"``: uint16 arrays of bf16 bits;
+        ``"int8"``: int8 ``exp_avg`` and uint8 ``exp_avg_sq`` codes plus
+        ``exp_avg_scale`` / ``exp_avg_sq_scale`` (float32, ``ceil(n/256)``).
+        See :func:`fastadam.lowp.adam_` and docs/lowp.md.
+    exp_avg_scale, exp_avg_sq_scale : ndarray, optional
+        int8 state only.
+    grad_scale, clip_coef, clip_value : float, optional
+        Fused gradient transform ``g -> clip_coef * clamp(g / grad_scale,
+        -clip_value, clip_value)`` (AMP unscaling, norm and value clipping).
 
     Raises
     ------
     TypeError, ValueError
         On a bad argument, before anything is written.
     """
+    if state_dtype != "float32" or grad_scale is not None or clip_coef is not None or \
+            clip_value is not None:
+        from . import lowp
+        return lowp.adam_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
+                          beta2=beta2, eps=eps, weight_decay=weight_decay,
+                          decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
+                          max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
+                          state_dtype=state_dtype, exp_avg_scale=exp_avg_scale,
+                          exp_avg_sq_scale=exp_avg_sq_scale, grad_scale=grad_scale,
+                          clip_coef=clip_coef, clip_value=clip_value, backend=backend)
     hp = _hparams.adam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                        amsgrad=amsgrad, maximize=maximize)

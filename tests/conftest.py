@@ -1,4 +1,10 @@
 import os
+
+# CUDA tests run under numba's CUDA simulator unless FASTADAM_REAL_GPU=1 asks for the
+# real device.  This must happen before numba.cuda is first imported (the
+# available_backends() call below loads the cuda backend).
+if os.environ.get("FASTADAM_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 import sys
 
 import numpy as np

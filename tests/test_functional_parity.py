@@ -94,3 +94,19 @@ def test_nan_and_inf_propagate(backend):
     mask = np.ones(64, bool)
     mask[[3, 10]] = False
     assert np.all(np.isfinite(p[mask]))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.options.get("weight_decay")
+                                  and not c.options.get("decoupled_weight_decay")],
+                         ids=lambda c: c.id)
+def test_nonfinite_param_without_weight_decay_leaves_state_finite(backend, case):
+    """As torch.optim: with weight_decay == 0 a NaN/Inf parameter never enters the gradient,
+    so the state of that element stays finite (only the parameter itself is non-finite)."""
+    p, grads = problem(40, np.float64, seed=7, steps=3)
+    p[5], p[9] = np.nan, np.inf
+    st = make_state(case, p)
+    mp = 1.0
+    for t, g in enumerate(grads, start=1):
+        mp = functional_step(case, p, g, st, t, backend, mp) or mp
+    for k, v in st.items():
+        assert np.all(np.isfinite(v)), k

@@ -14,13 +14,14 @@ Arguments are 1-D C-contiguous arrays of one dtype followed by the scalars of
 
 from __future__ import annotations
 
-import types
+import functools
 
 import numba
 from numba import prange
 
 from .. import rules as _rules
 from .._config import FASTMATH, PARALLEL_THRESHOLD
+from ._variants import KernelVariants
 from ..rules import adadelta as _adadelta_r
 from ..rules import adagrad as _adagrad_r
 from ..rules import adam as _adam_r
@@ -125,29 +126,34 @@ KERNEL_NAMES = (
 # Cache entries are keyed by the rules' sources and the compile flags, which
 # numba's own cache check (this file's timestamp) does not see.
 _RULES_HASH = _rules.source_hash(extra=repr(sorted(FASTMATH)))
-_compiled: dict = {}
+_variants = KernelVariants(globals(), _RULES_HASH, FASTMATH, names=KERNEL_NAMES)
+_compiled = _variants.compiled
+get = _variants.get
 
 
-def _make(name: str, parallel: bool):
-    src = globals()[name]
-    suffix = ("_par_" if parallel else "_ser_") + _RULES_HASH
-    # A renamed copy of the function: numba names its cache files after the
-    # qualified name, so the two variants (and each rules version) get their own.
-    f = types.FunctionType(src.__code__, src.__globals__, name + suffix, src.__defaults__,
-                           src.__closure__)
-    f.__qualname__ = src.__qualname__ + suffix
-    f.__module__ = src.__module__
-    return numba.njit(parallel=parallel, cache=True, fastmath=FASTMATH, nogil=True,
-                      error_model="numpy", boundscheck=False)(f)
+def _make(name: str, parallel: bool, cache: bool = True):
+    """A new dispatcher of kernel ``name``; ``cache=False`` gives one whose generated
+    code can be inspected (tests/test_codegen.py), numba refusing that for cached code."""
+    return _variants.make(name, parallel, cache)
 
 
-def get(name: str, parallel: bool):
-    """The compiled dispatcher of kernel ``name`` (created lazily, compiled on first call)."""
-    key = (name, parallel)
-    k = _compiled.get(key)
-    if k is None:
-        k = _compiled[key] = _make(name, parallel)
-    return k
+def bind(name: str, arrays, scalars):
+    """A low-overhead caller of kernel ``name`` on fixed ``arrays``: ``f(*scalars)``.
+
+    For callers that step the same buffers again and again (the façades): the
+    variant (serial/parallel, by the arrays' length) and the compiled signature are
+    resolved once, from ``arrays`` and the sample ``scalars`` (typed as for
+    :func:`run`); each call of ``f`` then enters the compiled code directly,
+    skipping numba's type dispatch.  ``f`` also takes the scalars as Python floats:
+    the entry point converts them to the signature's float type exactly as
+    ``dtype.type`` does.  The caller must have checked the arrays (1-D,
+    C-contiguous, one dtype, writeable, not overlapping): nothing is checked per call.
+    """
+    n = arrays[0].shape[0]
+    disp = get(name, n >= PARALLEL_THRESHOLD)
+    sig = tuple(numba.typeof(a) for a in arrays) + tuple(numba.typeof(s) for s in scalars)
+    entry = disp.compile(sig)
+    return functools.partial(entry, *arrays)
 
 
 def run(name: str, arrays, scalars) -> None:

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import copy
+import operator
 
 import numpy as np
 
-from .. import _backends
+from .. import _backends, _scalars, _validate
 from ..flat import FlatParams
 
 STATE_DICT_FORMAT = "fastadam.optimizer"
 STATE_DICT_VERSION = 1
+
+
+_DTYPE_NAMES: dict = {}
+
+
+def _dtype_name(dtype) -> str:
+    """``str(dtype)``, memoized: ``str`` of a NumPy dtype costs microseconds."""
+    name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
+class _PythonFloats:
+    """Stands in for a dtype in :mod:`fastadam._scalars` so the scalars stay Python floats.
+
+    A bound numba kernel's compiled entry point converts each to the buffer's float
+    type on entry, rounding exactly as ``dtype.type`` would (float64 -> float32
+    round-to-nearest), which saves constructing a NumPy scalar per value per step.
+    """
+
+    type = float
 
 
 class Optimizer:
@@ -51,6 +72,13 @@ class Optimizer:
 
     _opt = ""
     _defaults: dict = {}
+    #: Fused gradient clipping for every step (see :meth:`step`); None = off.
+    max_grad_norm = None
+    clip_value = None
+    #: Steps skipped for non-finite gradients (:meth:`step`), and the last total
+    #: gradient norm computed for ``max_grad_norm`` (None when not computed).
+    skipped_steps = 0
+    last_grad_norm = None
 
     def __init__(self, params, defaults: dict, backend: str = "auto"):
         self.defaults = dict(defaults)
@@ -131,6 +159,14 @@ class Optimizer:
     def _state_spec(self, group: dict) -> dict:  # pragma: no cover
         raise NotImplementedError
 
+    def _new_state(self, name: str, fill, fb):
+        """A new state array ``name`` for buffer ``fb`` (lowp Adam stores other dtypes)."""
+        return np.full(fb.size, fill, dtype=fb.dtype)
+
+    def _state_layout(self, name: str, fb):
+        """``(shape, dtype)`` a checkpoint's state array ``name`` of buffer ``fb`` must have."""
+        return (fb.size,), fb.dtype
+
     def _after_step(self, group, st, hp) -> None:
         """Scalar state updates after a successful step (e.g. NAdam's mu_product)."""
 
@@ -140,35 +176,165 @@ class Optimizer:
         for fp in self.flat:
             fp.zero_grad()
 
-    def step(self, closure=None):
+    def step(self, closure=None, *, grad_scale=None, found_inf=None, max_grad_norm=None,
+             clip_value=None):
         """Apply one fused step to every flat buffer (one kernel call each).
 
         Parameters
         ----------
         closure : callable, optional
             Called first (it may recompute the gradients); its result is returned.
+        grad_scale : float, optional
+            AMP loss scale: the gradients hold ``grad_scale * g``; the step
+            uses ``g`` (unscaled inside the kernel; the buffers are not written).
+        found_inf : bool or float, optional
+            Truthy: skip this step (params, state and step counts unchanged),
+            as torch's fused optimizers do with ``GradScaler``.  When None and a
+            first pass runs (``grad_scale``, ``max_grad_norm`` or
+            ``clip_value``), non-finite gradients are detected in it and skip
+            the step.
+        max_grad_norm : float, optional
+            Clip the global L2 norm of all gradients (every group and buffer)
+            to this, as ``torch.nn.utils.clip_grad_norm_``; overrides the
+            optimizer's ``max_grad_norm`` attribute for this step.
+        clip_value : float, optional
+            Clip each gradient element to ``[-clip_value, clip_value]`` (before
+            the norm clipping), as ``torch.nn.utils.clip_grad_value_``;
+            overrides the ``clip_value`` attribute for this step.
 
         Every group's hyperparameters are validated before any buffer is touched.
+        See docs/lowp.md for the two-pass scheme.
         """
         loss = closure() if closure is not None else None
+        if grad_scale is not None or found_inf is not None or max_grad_norm is not None or \
+                clip_value is not None or self.max_grad_norm is not None or \
+                self.clip_value is not None:
+            from .. import lowp
+            lowp.transformed_step(self, grad_scale, found_inf, max_grad_norm, clip_value)
+            return loss
         plan = []
+        fast = self.__dict__.setdefault("_fast", {})
         for gi, group in enumerate(self.param_groups):
-            spec = self._state_spec(group)
+            spec = None
             for fb in self.flat[gi].buffers:
-                st = self.state[gi][str(fb.dtype)]
-                hp = self._hparams(group, st, st["step"] + 1)
-                plan.append((group, fb, st, spec, hp))
-        for group, fb, st, spec, hp in plan:
-            for name, fill in spec.items():
-                if name not in st:
-                    st[name] = np.full(fb.size, fill, dtype=fb.dtype)
-            arrays = {"param": fb.data, "grad": fb.grad}
-            for name in spec:
-                arrays[name] = st[name]
-            self._backend.step(self._opt, arrays, hp)
+                st = self.state[gi][_DTYPE_NAMES.get(fb.dtype) or _dtype_name(fb.dtype)]
+                e = fast.get((gi, id(st)))
+                r = e and self._fast_plan(e, group, fb, st, st["step"] + 1)
+                if r:                   # nothing changed since the last step: cached plan
+                    plan.append((gi, group, fb, st, None, r[0], r[1]))
+                    continue
+                if spec is None:
+                    spec = self._state_spec(group)
+                hp = self._step_hparams(gi, group, st, st["step"] + 1)
+                plan.append((gi, group, fb, st, spec, hp,
+                             self._prepare(gi, fb, st, spec, hp)))
+        for gi, group, fb, st, spec, hp, run in plan:
+            if run is None:             # first step: make the state, then bind
+                for name, fill in spec.items():
+                    if name not in st:
+                        st[name] = self._new_state(name, fill, fb)
+                run = self._prepare(gi, fb, st, spec, hp)
+            run[0](*run[1])
             st["step"] += 1
             self._after_step(group, st, hp)
         return loss
+
+    # -- the per-step hot path ---------------------------------------------------------
+    # At 4K params the Python around the kernel call is most of a step's time, so
+    # validated hyperparameters and the bound kernel of each buffer are cached; every
+    # cache is keyed so that any change (a scheduler writing ``lr``, a new or replaced
+    # state array, NAdam's ``mu_product``) goes through the full checks again.
+
+    def _step_hparams(self, gi: int, group: dict, st: dict, step) -> dict:
+        """``self._hparams(group, st, step)``, validated once per distinct group values.
+
+        The cache entry of ``(gi, st)`` holds a snapshot of the group's
+        hyperparameter values and their types (lists copied; the types of the
+        items of sequences too), the names in ``st`` and its non-array values; the
+        cached result is reused only while all of them are unchanged, so a value
+        that would fail validation is always validated.  Subclass contract:
+        ``_hparams`` depends on ``step`` only through ``hp["step"] = step``.
+        """
+        cache = self.__dict__.setdefault("_hp_cache", {})
+        ck = (gi, id(st))
+        c = cache.get(ck)
+        if c is not None and type(step) is int and self._hp_unchanged(c, group, st):
+            hp = c[8].copy()
+            if "step" in hp:
+                hp["step"] = step
+            return hp
+        hp = self._hparams(group, st, step)
+        # snapshot, after a successful validation
+        keys = tuple(self.defaults)
+        vals = tuple(map(group.get, keys))
+        seq = tuple((i, tuple(map(type, v))) for i, v in enumerate(vals)
+                    if type(v) is tuple or type(v) is list)
+        scalar_keys = tuple(k for k, v in st.items()
+                            if k != "step" and not isinstance(v, np.ndarray))
+        cache[ck] = (self.defaults, keys, tuple(list(v) if type(v) is list else v for v in vals),
+                     tuple(map(type, vals)), tuple(st), scalar_keys,
+                     tuple(map(st.get, scalar_keys)), seq, dict(hp),
+                     not any(type(v) is list for v in vals))
+        return hp
+
+    def _hp_unchanged(self, c, group: dict, st: dict) -> bool:
+        """Whether ``group`` and ``st`` still match the snapshot ``c`` of :meth:`_step_hparams`."""
+        if c[0] is not self.defaults:
+            return False
+        vals = tuple(map(group.get, c[1]))
+        # the very same objects (no lists among them): unchanged; else equal values of
+        # equal types, item types of sequences included (0 == False, 1 == True)
+        same = c[9] and all(map(operator.is_, vals, c[2]))
+        if not same and tuple(map(type, vals)) == c[3] and vals == c[2]:
+            same = all(tuple(map(type, vals[i])) == inner for i, inner in c[7])
+        return same and tuple(st) == c[4] and tuple(map(st.get, c[5])) == c[6]
+
+    def _fast_plan(self, e, group: dict, fb, st: dict, step):
+        """``(hp, (fn, args))`` of this step from the cached plan ``e``, or None if anything
+        it depends on changed (then :meth:`_step_hparams` and :meth:`_prepare` run)."""
+        c, b, scalars_of = e
+        if type(step) is not int or not self._hp_unchanged(c, group, st) or not all(map(
+                operator.is_, (fb.data, fb.grad, *map(st.__getitem__, b[1])), b[2])):
+            return None
+        hp = c[8].copy()
+        if "step" in hp:
+            hp["step"] = step
+        return hp, (b[3], scalars_of(_PythonFloats, **hp)[1])
+
+    def _prepare(self, gi: int, fb, st: dict, spec: dict, hp: dict):
+        """``(fn, args)`` doing this step of buffer ``fb``, or None if its state is not made yet.
+
+        Backends with ``bind`` (numba) get the kernel bound to the buffer's arrays
+        once (the arrays checked then, and again whenever one is replaced); each step
+        then only computes the scalars and calls the compiled kernel.
+        """
+        if not spec.keys() <= st.keys():
+            return None
+        be = self._backend
+        bind = getattr(be, "bind", None)
+        if bind is None:
+            arrays = {"param": fb.data, "grad": fb.grad}
+            for name in spec:
+                arrays[name] = st[name]
+            return be.step, (self._opt, arrays, hp)
+        kname, scal = getattr(_scalars, self._opt)(_PythonFloats, **hp)
+        bound = self.__dict__.setdefault("_bound", {})
+        key = (gi, id(st))
+        b = bound.get(key)
+        if b is None or b[0] != kname or not all(map(
+                operator.is_, (fb.data, fb.grad, *map(st.__getitem__, b[1])), b[2])):
+            states = _scalars.KERNEL_STATES[kname]
+            arrs = (fb.data, fb.grad) + tuple(map(st.__getitem__, states))
+            names = ("param", "grad") + states
+            _validate.host_arrays(dict(zip(names, arrs)), names[:1] + names[2:])
+            typed = getattr(_scalars, self._opt)(fb.dtype, **hp)[1]
+            b = bound[key] = (kname, states, arrs, bind(kname, arrs, typed))
+        c = self.__dict__.get("_hp_cache", {}).get(key)
+        if c is not None and c[8].keys() == hp.keys() and \
+                all(c[8][k] == v for k, v in hp.items() if k != "step"):
+            # the validated snapshot this step used: later steps may take the cached plan
+            self.__dict__.setdefault("_fast", {})[key] = (c, b, getattr(_scalars, self._opt))
+        return b[3], scal
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -241,11 +407,12 @@ class Optimizer:
                 if k in ("group", "dtype", "keys", "size"):
                     continue
                 if isinstance(v, np.ndarray):
-                    if v.shape != (fb.size,) or v.dtype != fb.dtype:
+                    shape, sdt = self._state_layout(k, fb)
+                    if v.shape != shape or v.dtype != sdt:
                         raise ValueError(f"checkpoint state {k!r} (group {gi}, {dt}) has shape "
-                                         f"{v.shape} / dtype {v.dtype}, expected ({fb.size},) "
-                                         f"/ {fb.dtype}")
-                    st[k] = np.array(v, dtype=fb.dtype, copy=True)
+                                         f"{v.shape} / dtype {v.dtype}, expected {shape} "
+                                         f"/ {sdt}")
+                    st[k] = np.array(v, dtype=sdt, copy=True)
                 else:
                     st[k] = v
             if not isinstance(st.get("step"), (int, np.integer)) or st["step"] < 0:

@@ -16,7 +16,10 @@ Conventions (they are what makes the float discipline hold):
   expression to float64;
 * ``math.sqrt`` is the only library call;
 * a maximum is written so that a NaN in either operand propagates, as
-  ``torch.maximum`` does.
+  ``torch.maximum`` does;
+* the L2 term ``l2 * p`` is added only when ``l2`` is non-zero (``if l2:``, a
+  loop-invariant test), as torch.optim does, so a NaN or Inf parameter does
+  not poison the gradient and the state when weight decay is off.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import pathlib
 
-RULE_MODULES = ("adam", "rmsprop", "adagrad", "sgd", "adadelta", "nadam", "adamax")
+RULE_MODULES = ("adam", "rmsprop", "adagrad", "sgd", "adadelta", "nadam", "adamax",
+                "codecs")
 
 
 def source_hash(extra: str = "") -> str:

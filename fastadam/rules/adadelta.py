@@ -13,7 +13,9 @@ import math
 
 
 def adadelta(p, g, sq, acc, gsign, l2, rho, omr, neg_lr, eps):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     sq = rho * sq + omr * g * g
     delta = math.sqrt(acc + eps) / math.sqrt(sq + eps) * g
     acc = rho * acc + omr * delta * delta

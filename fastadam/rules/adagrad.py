@@ -11,7 +11,9 @@ import math
 
 
 def adagrad(p, g, s, gsign, l2, neg_clr, eps):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     s = s + g * g
     p = p + neg_clr * g / (math.sqrt(s) + eps)
     return p, s

@@ -16,7 +16,9 @@ import math
 
 
 def adam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, neg_step, inv_bc2_sqrt, eps):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     p = p * decay
     m = m + omb1 * (g - m)
     v = beta2 * v + omb2 * g * g
@@ -26,7 +28,9 @@ def adam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, neg_step, inv_bc2_sqrt
 
 def adam_amsgrad(p, g, m, v, vmax, gsign, l2, decay, omb1, beta2, omb2, neg_step,
                  inv_bc2_sqrt, eps):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     p = p * decay
     m = m + omb1 * (g - m)
     v = beta2 * v + omb2 * g * g

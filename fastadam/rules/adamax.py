@@ -10,7 +10,9 @@
 
 
 def adamax(p, g, m, u, gsign, l2, omb1, beta2, eps, neg_clr):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     m = m + omb1 * (g - m)
     a = beta2 * u
     b = abs(g) + eps

@@ -19,7 +19,9 @@ import math
 
 
 def nadam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, inv_bc2, eps, cg, cm):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     p = p * decay
     m = m + omb1 * (g - m)
     v = beta2 * v + omb2 * g * g

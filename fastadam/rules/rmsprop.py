@@ -16,14 +16,18 @@ import math
 
 
 def rmsprop(p, g, sq, gsign, l2, alpha, oma, neg_lr, eps):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     sq = alpha * sq + oma * g * g
     p = p + neg_lr * g / (math.sqrt(sq) + eps)
     return p, sq
 
 
 def rmsprop_momentum(p, g, sq, buf, gsign, l2, alpha, oma, neg_lr, eps, momentum):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     sq = alpha * sq + oma * g * g
     buf = momentum * buf + g / (math.sqrt(sq) + eps)
     p = p + neg_lr * buf
@@ -31,7 +35,9 @@ def rmsprop_momentum(p, g, sq, buf, gsign, l2, alpha, oma, neg_lr, eps, momentum
 
 
 def rmsprop_centered(p, g, sq, ga, gsign, l2, alpha, oma, neg_lr, eps):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     sq = alpha * sq + oma * g * g
     ga = ga + oma * (g - ga)
     p = p + neg_lr * g / (math.sqrt(sq - ga * ga) + eps)
@@ -40,7 +46,9 @@ def rmsprop_centered(p, g, sq, ga, gsign, l2, alpha, oma, neg_lr, eps):
 
 def rmsprop_centered_momentum(p, g, sq, ga, buf, gsign, l2, alpha, oma, neg_lr, eps,
                               momentum):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     sq = alpha * sq + oma * g * g
     ga = ga + oma * (g - ga)
     buf = momentum * buf + g / (math.sqrt(sq - ga * ga) + eps)

@@ -14,12 +14,16 @@
 
 
 def sgd(p, g, gsign, l2, neg_lr):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     return p + neg_lr * g
 
 
 def sgd_momentum(p, g, buf, gsign, l2, neg_lr, momentum, omd, first, nesterov):
-    g = gsign * g + l2 * p
+    g = gsign * g
+    if l2:  # as torch: no L2 term at all when weight_decay == 0
+        g = g + l2 * p
     if first:
         buf = g
     else:

@@ -1,0 +1,584 @@
+"""numba CUDA kernels: one fused, in-place grid-stride loop per optimizer variant.
+
+The per-element math is the rule from :mod:`fastadam.rules` (the same Python
+functions the CPU kernels inline), wrapped with ``cuda.jit(device=True)``.
+Each kernel reads each of its arrays once and writes each output once per
+element, in a grid-stride loop with 64-bit indices (``cuda.grid(1)`` and
+``cuda.gridsize(1)`` are int64), so buffers of more than 2**31 elements work.
+
+A step passes the per-step scalars of :mod:`fastadam._scalars` (already cast
+to the buffer dtype) as kernel arguments: it needs no host-device
+synchronisation and allocates nothing on the device.
+
+Inputs are any C-contiguous arrays exposing ``__cuda_array_interface__``
+(numba device arrays, CuPy arrays, PyTorch CUDA tensors), used in place
+without a copy.  Work is issued on the caller's stream: for a torch tensor
+the current torch stream of its device, for a CuPy array CuPy's current
+stream, for a numba device array the array's own stream (else the default
+stream), and otherwise the ``stream`` entry of the array interface.
+
+This module is imported only when the ``cuda`` backend is first asked for
+(importing :mod:`fastadam` does not import ``numba.cuda``); each kernel is
+compiled on its first call for the dtype in hand and cached on disk.
+
+Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before
+``numba.cuda`` is first imported) the same kernels run in Python threads on
+host memory: that is how the test suite checks them on machines without a
+GPU.  There, a "device array" is a simulator array (``numba.cuda.to_device``)
+or any object whose ``__cuda_array_interface__`` points at host memory.
+
+Settings (module attributes, read at each launch; environment variables set
+their initial values):
+
+``BLOCK_SIZE`` (``FASTADAM_CUDA_BLOCK_SIZE``, default 256)
+    Threads per block.
+``MAX_BLOCKS`` (``FASTADAM_CUDA_MAX_BLOCKS``, default 0)
+    Upper bound on the grid size; 0 means enough blocks to fill the device
+    four times over (``4 * multiprocessors * 2048 // BLOCK_SIZE``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import types
+import weakref
+
+import numpy as np
+from numba import config as _nb_config
+from numba import cuda
+
+from .. import _backends
+from .. import rules as _rules
+from .._validate import FLOAT_DTYPES
+from ..rules import adadelta as _adadelta_r
+from ..rules import adagrad as _adagrad_r
+from ..rules import adam as _adam_r
+from ..rules import adamax as _adamax_r
+from ..rules import nadam as _nadam_r
+from ..rules import rmsprop as _rmsprop_r
+from ..rules import sgd as _sgd_r
+
+#: True when numba's CUDA simulator is active (``NUMBA_ENABLE_CUDASIM=1``).
+SIMULATOR = bool(_nb_config.ENABLE_CUDASIM)
+
+BLOCK_SIZE = int(os.environ.get("FASTADAM_CUDA_BLOCK_SIZE", "256"))
+MAX_BLOCKS = int(os.environ.get("FASTADAM_CUDA_MAX_BLOCKS", "0"))
+
+# --- the rules, as device functions ---------------------------------------------------
+
+
+def _device(f):
+    return cuda.jit(device=True)(f)
+
+
+r_adam = _device(_adam_r.adam)
+r_adam_amsgrad = _device(_adam_r.adam_amsgrad)
+r_rmsprop = _device(_rmsprop_r.rmsprop)
+r_rmsprop_momentum = _device(_rmsprop_r.rmsprop_momentum)
+r_rmsprop_centered = _device(_rmsprop_r.rmsprop_centered)
+r_rmsprop_centered_momentum = _device(_rmsprop_r.rmsprop_centered_momentum)
+r_adagrad = _device(_adagrad_r.adagrad)
+r_sgd = _device(_sgd_r.sgd)
+r_sgd_momentum = _device(_sgd_r.sgd_momentum)
+r_adadelta = _device(_adadelta_r.adadelta)
+r_nadam = _device(_nadam_r.nadam)
+r_adamax = _device(_adamax_r.adamax)
+
+
+# --- the loops -------------------------------------------------------------------------
+# Grid-stride loops: thread i handles i, i + gridsize, i + 2 * gridsize, ...; both
+# are int64, and so is the loop index.  Written out per kernel, as in kernels/cpu.py.
+
+def adam(p, g, m, v, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], m[i], v[i] = r_adam(p[i], g[i], m[i], v[i], s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
+def adam_amsgrad(p, g, m, v, vmax, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], m[i], v[i], vmax[i] = r_adam_amsgrad(
+            p[i], g[i], m[i], v[i], vmax[i], s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
+def rmsprop(p, g, sq, s0, s1, s2, s3, s4, s5):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], sq[i] = r_rmsprop(p[i], g[i], sq[i], s0, s1, s2, s3, s4, s5)
+
+
+def rmsprop_momentum(p, g, sq, buf, s0, s1, s2, s3, s4, s5, s6):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], sq[i], buf[i] = r_rmsprop_momentum(
+            p[i], g[i], sq[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
+
+
+def rmsprop_centered(p, g, sq, ga, s0, s1, s2, s3, s4, s5):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], sq[i], ga[i] = r_rmsprop_centered(p[i], g[i], sq[i], ga[i], s0, s1, s2, s3, s4, s5)
+
+
+def rmsprop_centered_momentum(p, g, sq, ga, buf, s0, s1, s2, s3, s4, s5, s6):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], sq[i], ga[i], buf[i] = r_rmsprop_centered_momentum(
+            p[i], g[i], sq[i], ga[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
+
+
+def adagrad(p, g, s, s0, s1, s2, s3):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], s[i] = r_adagrad(p[i], g[i], s[i], s0, s1, s2, s3)
+
+
+def sgd(p, g, s0, s1, s2):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i] = r_sgd(p[i], g[i], s0, s1, s2)
+
+
+def sgd_momentum(p, g, buf, s0, s1, s2, s3, s4, first, nesterov):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], buf[i] = r_sgd_momentum(p[i], g[i], buf[i], s0, s1, s2, s3, s4, first, nesterov)
+
+
+def adadelta(p, g, sq, acc, s0, s1, s2, s3, s4, s5):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], sq[i], acc[i] = r_adadelta(p[i], g[i], sq[i], acc[i], s0, s1, s2, s3, s4, s5)
+
+
+def nadam(p, g, m, v, s0, s1, s2, s3, s4, s5, s6, s7, s8, s9):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], m[i], v[i] = r_nadam(p[i], g[i], m[i], v[i], s0, s1, s2, s3, s4, s5, s6, s7,
+                                   s8, s9)
+
+
+def adamax(p, g, m, u, s0, s1, s2, s3, s4, s5):
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        p[i], m[i], u[i] = r_adamax(p[i], g[i], m[i], u[i], s0, s1, s2, s3, s4, s5)
+
+
+KERNEL_NAMES = (
+    "adam", "adam_amsgrad", "rmsprop", "rmsprop_momentum", "rmsprop_centered",
+    "rmsprop_centered_momentum", "adagrad", "sgd", "sgd_momentum", "adadelta", "nadam",
+    "adamax",
+)
+
+# numba's cache check sees only this file; the rules are keyed by their hash.
+_RULES_HASH = _rules.source_hash(extra="cuda")
+_compiled: dict = {}
+
+
+def _make(name: str):
+    src = globals()[name]
+    suffix = "_cuda_" + _RULES_HASH
+    f = types.FunctionType(src.__code__, src.__globals__, name + suffix, src.__defaults__,
+                           src.__closure__)
+    f.__qualname__ = src.__qualname__ + suffix
+    f.__module__ = src.__module__
+    # fastmath stays off: IEEE division and square root, NaN/Inf propagate as in torch.
+    return cuda.jit(cache=not SIMULATOR)(f)
+
+
+def get(name: str):
+    """The dispatcher of kernel ``name`` (created lazily, compiled on its first launch)."""
+    k = _compiled.get(name)
+    if k is None:
+        if name not in KERNEL_NAMES:
+            raise KeyError(f"no cuda kernel named {name!r}")
+        k = _compiled[name] = _make(name)
+    return k
+
+
+# --- arrays: what counts as a device array, and zero-copy flat views ---------------------
+
+def _torch_tensor(a):
+    """``a`` if it is a torch tensor (torch imported already, never imported here)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(a, torch.Tensor):
+        return a
+    return None
+
+
+def _is_numba_device_array(a) -> bool:
+    if SIMULATOR:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return isinstance(a, FakeCUDAArray)
+    return cuda.is_cuda_array(a) and isinstance(a, cuda.devicearray.DeviceNDArray)
+
+
+def _kind(a) -> str:
+    mod = type(a).__module__.split(".")[0]
+    return f"{mod}.{type(a).__name__}"
+
+
+class _Info:
+    """What the array interface says about one array."""
+
+    __slots__ = ("obj", "shape", "dtype", "strides", "ptr", "readonly", "stream", "device")
+
+    def __init__(self, obj, shape, dtype, strides, ptr, readonly, stream, device):
+        self.obj, self.shape, self.dtype, self.strides = obj, shape, dtype, strides
+        self.ptr, self.readonly, self.stream, self.device = ptr, readonly, stream, device
+
+    @property
+    def size(self):
+        return math.prod(self.shape)
+
+    def c_contiguous(self) -> bool:
+        if self.strides is None or self.size == 0:
+            return True
+        want = self.dtype.itemsize
+        for n, s in zip(reversed(self.shape), reversed(self.strides)):
+            if n != 1 and s != want:
+                return False
+            want *= n
+        return True
+
+
+def _info(name: str, a) -> _Info | None:
+    """The interface of ``a``; None if ``a`` is not a device array."""
+    if SIMULATOR and _is_numba_device_array(a):
+        h = a._ary  # a simulator array wraps a host array
+        ai = h.__array_interface__
+        return _Info(a, tuple(h.shape), h.dtype, ai["strides"], ai["data"][0],
+                     not h.flags.writeable, None, 0)
+    t = _torch_tensor(a)
+    if t is not None:
+        if not t.is_cuda:
+            return None
+        torch = sys.modules["torch"]
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must have dtype float32 or float64, got {t.dtype}")
+        # requires_grad tensors refuse the interface; the optimizer updates .data
+        t = t.detach()
+        cai = t.__cuda_array_interface__
+        dev = t.device.index
+        stream = ("torch", dev)
+    elif isinstance(a, np.ndarray) or not hasattr(a, "__cuda_array_interface__"):
+        return None
+    else:
+        cai = a.__cuda_array_interface__
+        dev = None
+        stream = cai.get("stream")
+        mod = type(a).__module__.split(".")[0]
+        if mod == "cupy":
+            dev = a.device.id
+            stream = ("cupy", dev)
+        elif _is_numba_device_array(a):
+            dev = _numba_array_device(a)
+            stream = ("numba", a.stream)
+    try:
+        dtype = np.dtype(cai["typestr"])
+    except TypeError:
+        raise TypeError(f"{name} has an unknown __cuda_array_interface__ typestr "
+                        f"{cai.get('typestr')!r}") from None
+    if cai.get("mask") is not None:
+        raise TypeError(f"{name} is a masked array; fastadam needs a plain dense buffer")
+    strides = cai.get("strides")
+    ptr, readonly = cai["data"]
+    return _Info(a, tuple(cai["shape"]), dtype, None if strides is None else tuple(strides),
+                 ptr, bool(readonly), stream, dev)
+
+
+def _numba_array_device(a):
+    try:
+        return a.gpu_data.context.device.id
+    except AttributeError:  # pragma: no cover - numba internals moved
+        return None
+
+
+def _flat_view(info: _Info, n: int, owned: bool = True):
+    """A 1-D numba device array over ``info``'s memory (zero copy).
+
+    With ``owned=False`` the view keeps no reference to the array it views (for
+    cached views, used only while the caller holds that array).
+    """
+    if SIMULATOR:
+        if _is_numba_device_array(info.obj):
+            return info.obj.reshape(n)
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        if n == 0:
+            return FakeCUDAArray(np.empty(0, info.dtype))
+        # In the simulator, device memory is host memory: view it in place.
+        host = np.asarray(_HostInterface(info, n))
+        return FakeCUDAArray(host)
+    if n == 0:
+        return _Empty(info.dtype)
+    if owned and _is_numba_device_array(info.obj):
+        return info.obj.reshape(n)
+    desc = {"shape": (n,), "typestr": info.dtype.str, "data": (info.ptr, False),
+            "strides": None, "version": 2}
+    with _on_device(info.device):
+        return cuda.from_cuda_array_interface(desc, owner=info.obj if owned else None,
+                                              sync=False)
+
+
+_multi_gpu = None
+
+
+def _on_device(dev):
+    """A context manager making ``dev`` current where there are several GPUs."""
+    global _multi_gpu
+    if dev is None or SIMULATOR:
+        return contextlib.nullcontext()
+    if _multi_gpu is None:
+        _multi_gpu = len(cuda.gpus) > 1
+    if not _multi_gpu or cuda.get_current_device().id == dev:
+        return contextlib.nullcontext()
+    return cuda.gpus[dev]
+
+
+class _HostInterface:
+    """Exposes simulated device memory through the NumPy array interface."""
+
+    def __init__(self, info, n):
+        self.__array_interface__ = {"shape": (n,), "typestr": info.dtype.str,
+                                    "data": (info.ptr, False), "strides": None,
+                                    "version": 3}
+
+
+class _Empty:
+    """Stands in for a flat view of an empty buffer: nothing is launched for it."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.shape = (0,)
+        self.size = 0
+
+
+def check(named: dict, outputs: tuple) -> dict:
+    """Check device arrays for a fused in-place step; return flat 1-D device views.
+
+    The device counterpart of :func:`fastadam._validate.host_arrays`: every
+    array must expose ``__cuda_array_interface__`` (a host array mixed in is
+    refused), have dtype float32 or float64 (all equal) and the parameter's
+    shape, be C-contiguous, live on the parameter's device, and no output may
+    overlap another array; outputs must be writeable.  Nothing is written.
+    The returned views share the caller's memory; the parameter's view
+    carries the stream the step is issued on.
+    """
+    items = list(named.items())
+    first_name, first = items[0]
+    infos = {}
+    for name, a in items:
+        info = _info(name, a)
+        if info is None:
+            if name == first_name:
+                raise TypeError(
+                    f"{name} is a host array ({_kind(a)}); the cuda backend works on device "
+                    "arrays exposing __cuda_array_interface__ (numba device arrays, CuPy "
+                    "arrays, torch CUDA tensors): move the arrays to the GPU, or use "
+                    "backend='numba' for host arrays")
+            raise TypeError(
+                f"{name} is a host array ({_kind(a)}) but {first_name} is a device array "
+                f"({_kind(first)}); all arrays of a step must be on the same device")
+        infos[name] = info
+    f = infos[first_name]
+    if f.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{first_name} must have dtype float32 or float64, got {f.dtype}")
+    for name, _ in items[1:]:
+        i = infos[name]
+        if i.dtype != f.dtype:
+            raise TypeError(f"{name} has dtype {i.dtype}, but {first_name} has {f.dtype}; "
+                            "all arrays of a step must share one dtype")
+        if i.shape != f.shape:
+            raise ValueError(f"{name} has shape {i.shape}, but {first_name} has {f.shape}")
+        if i.device is not None and f.device is not None and i.device != f.device:
+            raise ValueError(f"{name} is on device {i.device}, but {first_name} is on device "
+                             f"{f.device}; all arrays of a step must be on one device")
+    for name, _ in items:
+        if not infos[name].c_contiguous():
+            raise ValueError(
+                f"{name} is not C-contiguous (a strided view); fastadam updates buffers in "
+                "place and will not update a silent copy: pass a contiguous array and copy "
+                "the result back")
+    for name in outputs:
+        if infos[name].readonly:
+            raise ValueError(f"{name} is read-only; it is updated in place")
+    nbytes = f.size * f.dtype.itemsize
+    for k, (n1, _) in enumerate(items):
+        for n2, _ in items[k + 1:]:
+            if (n1 in outputs or n2 in outputs) and nbytes:
+                a1, a2 = infos[n1].ptr, infos[n2].ptr
+                if a1 < a2 + nbytes and a2 < a1 + nbytes:
+                    raise ValueError(f"{n1} and {n2} overlap in memory; each buffer of a step "
+                                     "must be distinct")
+    n = f.size
+    views = {name: _flat_view(infos[name], n) for name, _ in items}
+    views[first_name] = _with_stream(views[first_name], f)
+    return views
+
+
+# --- streams ---------------------------------------------------------------------------
+
+_external_streams: dict = {}
+
+
+def _external(handle: int):
+    s = _external_streams.get(handle)
+    if s is None:
+        s = _external_streams[handle] = cuda.external_stream(handle)
+    return s
+
+
+def _stream_of(info: _Info):
+    """The numba stream the caller's work on ``info`` is ordered on (0: the default one)."""
+    s = info.stream
+    if SIMULATOR or s is None:
+        return 0
+    if isinstance(s, tuple):
+        kind, x = s
+        if kind == "torch":
+            import torch
+            handle = torch.cuda.current_stream(x).cuda_stream
+        elif kind == "cupy":
+            import cupy
+            handle = cupy.cuda.get_current_stream().ptr
+        else:  # numba: the array's own stream, else the default stream
+            return x if x else 0
+    else:  # the array interface's stream entry (v3): an int, 1/2 = legacy/per-thread
+        handle = s
+    return _external(handle) if handle else 0
+
+
+def _with_stream(view, info):
+    if not isinstance(view, _Empty) and not SIMULATOR:
+        view.stream = _stream_of(info)
+    return view
+
+
+# --- launching -------------------------------------------------------------------------
+
+_max_blocks_cache: dict = {}
+
+
+def _max_blocks(bs: int) -> int:
+    if MAX_BLOCKS > 0:
+        return MAX_BLOCKS
+    if SIMULATOR:
+        return 16
+    dev = cuda.get_current_device()
+    key = (dev.id, bs)
+    mb = _max_blocks_cache.get(key)
+    if mb is None:
+        mb = _max_blocks_cache[key] = 4 * dev.MULTIPROCESSOR_COUNT * max(1, 2048 // bs)
+    return mb
+
+
+def grid_size(n: int) -> tuple:
+    """``(blocks, threads per block)`` for a launch over ``n`` elements."""
+    bs = BLOCK_SIZE
+    return max(1, min(-(-n // bs), _max_blocks(bs))), bs
+
+
+def _as_views(arrays):
+    """Flat views of ``arrays`` (already-made views pass through); the launch stream."""
+    first = arrays[0]
+    if isinstance(first, _Empty):
+        return None, 0
+    if SIMULATOR and _is_numba_device_array(first) and len(first.shape) == 1 and \
+            all(_is_numba_device_array(a) for a in arrays):
+        return arrays, 0
+    if not SIMULATOR and isinstance(first, cuda.devicearray.DeviceNDArray) and \
+            first.ndim == 1 and all(isinstance(a, cuda.devicearray.DeviceNDArray)
+                                    for a in arrays):
+        return arrays, (first.stream or 0)
+    # Raw device arrays (e.g. torch CUDA tensors from fastadam.torch): view them here.
+    # The views of the last few sets of arrays are kept, so that a training loop
+    # calling with the same buffers each step does not rebuild them.
+    key = tuple(map(id, arrays))
+    hit = _view_cache.get(key)
+    if hit is not None:
+        refs, where, views, stream_spec = hit
+        if all(r() is a for r, a in zip(refs, arrays)) and \
+                all(_where(a) == w for a, w in zip(arrays, where)):
+            return views, _stream_of(stream_spec)
+        del _view_cache[key]
+    infos = []
+    for k, a in enumerate(arrays):
+        i = _info(f"arrays[{k}]", a)
+        if i is None:
+            raise TypeError(f"arrays[{k}] is not a device array ({_kind(a)})")
+        if not i.c_contiguous():
+            raise ValueError(f"arrays[{k}] is not C-contiguous")
+        want = infos[0].dtype if infos else None
+        if i.dtype not in FLOAT_DTYPES or (want is not None and i.dtype != want):
+            raise TypeError(f"arrays[{k}] has dtype {i.dtype}; expected float32 or float64, "
+                            "the same for all arrays")
+        if infos and i.size != infos[0].size:
+            raise ValueError(f"arrays[{k}] has {i.size} elements, arrays[0] has "
+                             f"{infos[0].size}")
+        infos.append(i)
+    n = infos[0].size
+    if n == 0:
+        return None, 0
+    stream_spec = _Info(None, (), infos[0].dtype, None, 0, False, infos[0].stream,
+                        infos[0].device)
+    try:
+        refs = tuple(weakref.ref(a) for a in arrays)
+    except TypeError:  # an array type without weak references: no caching
+        return tuple(_flat_view(i, n) for i in infos), _stream_of(stream_spec)
+    views = tuple(_flat_view(i, n, owned=False) for i in infos)
+    if len(_view_cache) >= _VIEW_CACHE_SIZE:
+        _view_cache.clear()
+    _view_cache[key] = (refs, tuple(_where(a) for a in arrays), views, stream_spec)
+    return views, _stream_of(stream_spec)
+
+
+_VIEW_CACHE_SIZE = 64
+_view_cache: dict = {}
+
+
+def _where(a):
+    """Where ``a``'s data is: (pointer, shape), cheaply."""
+    t = _torch_tensor(a)
+    if t is not None:
+        return t.data_ptr(), tuple(t.shape)
+    if SIMULATOR and _is_numba_device_array(a):
+        return a._ary.__array_interface__["data"][0], tuple(a._ary.shape)
+    cai = a.__cuda_array_interface__
+    return cai["data"][0], tuple(cai["shape"])
+
+
+def run(name: str, arrays, scalars) -> None:
+    """Launch kernel ``name`` on ``arrays`` (flat views from :func:`check`, or raw
+    contiguous device arrays of one dtype and size) with the given scalars.
+
+    Asynchronous: the work is queued on the caller's stream and this returns.
+    """
+    views, stream = _as_views(tuple(arrays))
+    if views is None:
+        return
+    n = views[0].shape[0]
+    if n == 0:
+        return
+    kernel = get(name)
+    dev = None if SIMULATOR else _numba_array_device(views[0])
+    with _on_device(dev):
+        blocks, bs = grid_size(n)
+        kernel[blocks, bs, stream](*views, *scalars)
+
+
+# --- the backend -----------------------------------------------------------------------
+
+def available() -> tuple:
+    """``(True, "")`` if kernels can run here, else ``(False, reason)``."""
+    if SIMULATOR:
+        return True, ""
+    try:
+        ok = cuda.is_available()
+    except Exception as e:  # pragma: no cover - driver errors vary
+        return False, f"the CUDA driver failed to initialise: {e}"
+    if not ok:
+        return False, ("no CUDA GPU or driver found (numba.cuda.is_available() is False); "
+                       "install a CUDA driver and `pip install fastadam[cuda]`, or set "
+                       "NUMBA_ENABLE_CUDASIM=1 before importing numba to use numba's "
+                       "(slow) CUDA simulator")
+    return True, ""
+
+
+def load_backend():
+    """The ``cuda`` backend; :class:`fastadam.BackendUnavailableError` if it cannot run."""
+    ok, why = available()
+    if not ok:
+        raise _backends.BackendUnavailableError(f"the cuda backend is not available: {why}")
+    return _backends.CompiledBackend("cuda", run, check=check, device=True)

@@ -1,0 +1,604 @@
+r"""Reduced-precision Adam state and fused gradient transforms (unscale, inf check, clipping).
+
+Adam keeps two moments per parameter; in float32 that is 8 bytes per parameter
+on top of the parameter itself, and every step moves them through memory
+twice.  ``state_dtype`` stores them smaller:
+
+=============  ==========================================  ===============
+state_dtype    storage of ``exp_avg`` / ``exp_avg_sq``       state bytes/param
+=============  ==========================================  ===============
+``float32``    float32 / float32                             8
+``bfloat16``   bf16 bit patterns in uint16 / same            4
+``int8``       int8 linear codes / uint8 log codes, plus     2 + 8/256
+               one float32 absmax per 256-element block
+               (``exp_avg_scale``, ``exp_avg_sq_scale``)
+=============  ==========================================  ===============
+
+The update is always the float32 Adam rule (:mod:`fastadam.rules.adam`) on
+decoded moments; only what is stored is rounded (codecs in
+:mod:`fastadam.rules.codecs`): bf16 with stochastic rounding (unbiased; a
+pure function of step and index, so reproducible), int8 to nearest.
+Parameters and gradients stay float32.
+
+Gradient transforms, fused into the step (one pass, no temporaries on the
+numba backend): with ``grad_scale`` ``s``, ``clip_value`` ``c`` and
+``clip_coef`` ``k``, the gradient the rule sees is
+
+.. math:: \tilde g = k \cdot \mathrm{clamp}(g / s, -c, c)
+
+(value clipping first, then the norm-clipping factor), computed as
+``clamp(g * (k/s), -c k, c k)``.  :func:`grad_stats` is the first pass of a
+clipped or scaled step: the sum of squares of ``clamp(g/s, -c, c)``
+over a gradient buffer and whether every raw element is finite.  The façade's
+``step(grad_scale=..., found_inf=...)`` and ``max_grad_norm`` /
+``clip_value`` are built from these two calls (see :mod:`fastadam.optim.base`).
+
+Backends: ``numba`` (the fused kernels of :mod:`fastadam.kernels.cpu_lowp`)
+and ``numpy`` (the reference: decode, :func:`fastadam.reference.adam_`,
+encode; independent NumPy bit operations, sharing no code with the codecs).
+float32 state with only ``grad_scale``/``clip_coef`` also runs on ``cython``
+(the factor is folded into the kernels' ``gsign`` scalar).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _backends, _hparams, _scalars
+from . import _validate as _v
+from .rules.codecs import INT8_BLOCK
+
+__all__ = ["STATE_DTYPES", "INT8_BLOCK", "adam_", "grad_stats", "clip_coef", "state_layout",
+           "new_state", "bf16_encode", "bf16_encode_sr", "bf16_decode", "int8_encode",
+           "int8_decode",
+           "log8_encode", "log8_decode", "decode_state"]
+
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+_I8_QMAX = 127.0
+
+
+def check_state_dtype(state_dtype) -> str:
+    if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected one of {STATE_DTYPES}")
+    return state_dtype
+
+
+def nblocks(n: int) -> int:
+    """Number of int8 quantization blocks for ``n`` elements: ``ceil(n / 256)``."""
+    return (int(n) + INT8_BLOCK - 1) // INT8_BLOCK
+
+
+def state_layout(state_dtype: str, n: int, dtype=np.float32) -> dict:
+    """``{state name: (shape, dtype)}`` of Adam's state for ``n`` parameters.
+
+    ``float32``: ``exp_avg``, ``exp_avg_sq`` of ``(n,)`` and the parameter dtype;
+    ``bfloat16``: the same names, uint16; ``int8``: ``exp_avg`` int8 ``(n,)``,
+    ``exp_avg_scale`` float32 ``(ceil(n/256),)``, ``exp_avg_sq`` uint8 ``(n,)``,
+    ``exp_avg_sq_scale`` float32 ``(ceil(n/256),)``.
+    """
+    check_state_dtype(state_dtype)
+    n = int(n)
+    if state_dtype == "float32":
+        return {"exp_avg": ((n,), np.dtype(dtype)), "exp_avg_sq": ((n,), np.dtype(dtype))}
+    if state_dtype == "bfloat16":
+        u16 = np.dtype(np.uint16)
+        return {"exp_avg": ((n,), u16), "exp_avg_sq": ((n,), u16)}
+    nb, f32 = nblocks(n), np.dtype(np.float32)
+    return {"exp_avg": ((n,), np.dtype(np.int8)), "exp_avg_scale": ((nb,), f32),
+            "exp_avg_sq": ((n,), np.dtype(np.uint8)), "exp_avg_sq_scale": ((nb,), f32)}
+
+
+def new_state(state_dtype: str, n: int, dtype=np.float32) -> dict:
+    """Zero-initialized Adam state for ``n`` parameters (every encoding of 0 is all-zero bits)."""
+    layout = state_layout(state_dtype, n, dtype)
+    return {k: np.zeros(shape, dt) for k, (shape, dt) in layout.items()}
+
+
+# --- NumPy codecs (the reference; independent of fastadam.rules.codecs) ----------
+
+def bf16_encode(x) -> np.ndarray:
+    """float32 array -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    lsb = (u >> np.uint64(16)) & np.uint64(1)
+    r = ((u + np.uint64(0x7FFF) + lsb) >> np.uint64(16)).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        r[nan] = ((u[nan] >> np.uint64(16)) | np.uint64(0x40)).astype(np.uint16)
+    return r
+
+
+def sr_seeds(step: int):
+    """The stochastic-rounding seeds ``(exp_avg, exp_avg_sq)`` of step ``step``."""
+    from .rules.codecs import mix32
+    return mix32(2 * int(step)), mix32(2 * int(step) + 1)
+
+
+def bf16_encode_sr(x, seed: int) -> np.ndarray:
+    """float32 array -> bfloat16 bits with stochastic rounding (the state's encoding).
+
+    Element ``i`` adds the 16 bits ``((i * 0x9E3779B1 + seed) mod 2**32) >> 16``
+    to its float32 bits and truncates: rounds up in magnitude with
+    probability equal to the dropped fraction.  NaN as :func:`bf16_encode`.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    u = x.view(np.uint32).astype(np.uint64)
+    i = np.arange(x.shape[0], dtype=np.uint64)
+    r = ((i * np.uint64(0x9E3779B1) + np.uint64(seed)) & np.uint64(0xFFFFFFFF)) \
+        >> np.uint64(16)
+    out = ((u + r) >> np.uint64(16)).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = ((u[nan] >> np.uint64(16)) | np.uint64(0x40)).astype(np.uint16)
+    return out
+
+
+def bf16_decode(h) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32 (exact)."""
+    h = np.ascontiguousarray(h, dtype=np.uint16)
+    return (h.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _blocks(x, fill=0):
+    n = x.shape[0]
+    pad = nblocks(n) * INT8_BLOCK - n
+    return np.concatenate([x, np.full(pad, fill, x.dtype)]).reshape(-1, INT8_BLOCK)
+
+
+def _absmax(x) -> np.ndarray:
+    """Per-block max of |x|, NaN if the block holds a NaN."""
+    if x.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    return np.max(np.abs(_blocks(x)), axis=1).astype(np.float32)   # np.max propagates NaN
+
+
+def int8_encode(m):
+    """First moment -> (int8 codes, per-block float32 absmax): linear code, ties to even."""
+    m = np.ascontiguousarray(m, dtype=np.float32).reshape(-1)
+    scale = _absmax(m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # per block, the float32 factor 127 / absmax (0 for a zero or NaN scale)
+        inv = np.where(scale > 0, np.float32(_I8_QMAX) / np.where(scale > 0, scale, 1),
+                       np.float32(0)).astype(np.float32)
+        y = m * np.repeat(inv, INT8_BLOCK)[:m.shape[0]]
+        q = np.clip(np.rint(y), -127, 127)
+    return np.where(np.isnan(q), 0, q).astype(np.int8), scale
+
+
+def int8_decode(q, scale) -> np.ndarray:
+    """int8 codes and per-block absmax -> float32 first moment."""
+    q = np.asarray(q).reshape(-1)
+    step = np.asarray(scale, np.float32) / np.float32(_I8_QMAX)
+    return q.astype(np.float32) * np.repeat(step, INT8_BLOCK)[:q.shape[0]]
+
+
+def log8_encode(v):
+    """Second moment (>= 0) -> (uint8 log codes, per-block float32 max)."""
+    v = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+    scale = _absmax(v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1),
+                       np.float32(0)).astype(np.float32)
+        x = np.abs(v * np.repeat(inv, INT8_BLOCK)[:v.shape[0]]).astype(np.float32)
+    # x in [0, 1]: write it with its mantissa rounded to 4 bits (ties to even),
+    # then read exponent e and mantissa f: x ~ 2**(e-127) * (1 + f/16)
+    u = x.view(np.uint32).astype(np.int64)
+    r = (u + 0x3FFFF + ((u >> 19) & 1)) >> 19          # = e * 16 + f
+    code = np.clip(r - (112 << 4), 1, 240)              # e = 112 is 2**-15
+    code = np.where(np.isnan(x), 240, code)
+    code = np.where(x == 0, 0, code)
+    return code.astype(np.uint8), scale
+
+
+def log8_decode(q, scale) -> np.ndarray:
+    """uint8 log codes and per-block max -> float32 second moment."""
+    q = np.asarray(q).reshape(-1).astype(np.int64)
+    e = (q >> 4) - 15
+    f = (q & 15).astype(np.float32)
+    x = np.ldexp(np.float32(1) + f / np.float32(16), e.astype(np.int32)).astype(np.float32)
+    x = np.where(q == 0, np.float32(0), x)
+    return x * np.repeat(np.asarray(scale, np.float32), INT8_BLOCK)[:q.shape[0]]
+
+
+def decode_state(state_dtype: str, state: dict) -> dict:
+    """Float32 copies ``{"exp_avg": m, "exp_avg_sq": v}`` of stored Adam state."""
+    check_state_dtype(state_dtype)
+    if state_dtype == "float32":
+        return {"exp_avg": np.array(state["exp_avg"], np.float32),
+                "exp_avg_sq": np.array(state["exp_avg_sq"], np.float32)}
+    if state_dtype == "bfloat16":
+        return {k: bf16_decode(state[k]).reshape(np.shape(state[k]))
+                for k in ("exp_avg", "exp_avg_sq")}
+    return {"exp_avg": int8_decode(state["exp_avg"], state["exp_avg_scale"]),
+            "exp_avg_sq": log8_decode(state["exp_avg_sq"], state["exp_avg_sq_scale"])}
+
+
+# --- gradient transforms ------------------------------------------------------------
+
+def _transform_scalars(grad_scale, clip_coef, clip_value):
+    """Validated ``(gscale, clip)`` for the kernels: ``g -> clamp(g * gscale, clip)``."""
+    s = 1.0
+    if grad_scale is not None:
+        s = _v.real("grad_scale", grad_scale)
+        if not s > 0:
+            raise ValueError(f"Invalid grad_scale: {grad_scale} (must be > 0)")
+    k = 1.0
+    if clip_coef is not None:
+        k = _v.nonneg("clip_coef", clip_coef, "clip_coef value")
+    c = math.inf
+    if clip_value is not None:
+        c = _v.nonneg("clip_value", clip_value, "clip_value")
+    return k / s, c * k if c != math.inf else math.inf
+
+
+def clip_coef(total_norm: float, max_norm: float) -> float:
+    """torch.nn.utils.clip_grad_norm_'s factor: ``min(1, max_norm / (total_norm + 1e-6))``."""
+    return min(1.0, max_norm / (total_norm + 1e-6))
+
+
+def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend="auto"):
+    """First pass of a scaled / clipped step over gradient buffers: one read of each.
+
+    Parameters
+    ----------
+    grads : sequence of ndarray
+        Flat (1-D contiguous) gradient buffers, float32 or float64.
+    grad_scale : float, optional
+        The gradients hold ``grad_scale * g``; statistics are of ``g``.
+    clip_value : float, optional
+        Statistics of ``clamp(g, -clip_value, clip_value)`` (value clipping
+        applies before norm clipping).
+    write : bool, default False
+        Store ``clamp(g / grad_scale, -clip_value, clip_value)`` back into each
+        buffer (used where the transform cannot be fused into the update).
+
+    Returns
+    -------
+    sumsq : float
+        Sum over all buffers of the squared transformed gradient (float64
+        accumulation), i.e. the squared global L2 norm.
+    finite : bool
+        Whether every raw gradient element is finite.
+    """
+    gscale, clip = _transform_scalars(grad_scale, None, clip_value)
+    total, finite = 0.0, True
+    for g in grads:
+        if not isinstance(g, np.ndarray) or g.ndim != 1 or not g.flags.c_contiguous or \
+                g.dtype not in _v.FLOAT_DTYPES:
+            raise TypeError("grads must be 1-D contiguous float32/float64 numpy arrays")
+    be = None
+    for g in grads:
+        if g.size == 0:
+            continue
+        if be is None:
+            be = _backends.resolve(backend, g)
+        if be.name == "numba" and g.dtype == np.float32:
+            from .kernels import cpu_lowp
+            f = np.float32
+            s, bad = cpu_lowp.run("grad_sumsq", (g,), (f(gscale), f(clip), bool(write)))
+            ok = bool(bad == 0)
+            if ok and not math.isfinite(s):      # a float32 block sum overflowed
+                y = g.astype(np.float64) if write else \
+                    np.clip(g.astype(np.float64) * gscale, -clip, clip)
+                s = float(np.dot(y, y))
+            total += float(s)
+            finite = finite and ok
+        else:
+            ok = bool(np.isfinite(g).all())
+            c = g.dtype.type
+            y = np.clip(g * c(gscale), -c(clip), c(clip))
+            if write:
+                g[...] = y
+            y64 = y.astype(np.float64)
+            total += float(np.dot(y64, y64))
+            finite = finite and ok
+    return total, finite
+
+
+# --- the step ---------------------------------------------------------------------
+
+def _check_arrays(param, grad, state, state_dtype):
+    named = {"param": param, "grad": grad}
+    for k, a in named.items():
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{k} must be a numpy.ndarray, got {type(a).__name__}")
+    if state_dtype != "float32" and param.dtype != np.float32:
+        raise TypeError(f"state_dtype={state_dtype!r} needs float32 parameters, got {param.dtype}")
+    layout = state_layout(state_dtype, param.size, param.dtype)
+    for k, (shape, dt) in layout.items():
+        a = state.get(k)
+        if a is None:
+            raise ValueError(f"state_dtype={state_dtype!r} needs the {k} array")
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{k} must be a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype != dt:
+            raise TypeError(f"{k} has dtype {a.dtype}; state_dtype={state_dtype!r} stores it "
+                            f"as {dt}")
+        want = shape if k.endswith("_scale") else param.shape
+        if a.shape != want:
+            raise ValueError(f"{k} has shape {a.shape}, expected {want}"
+                             + (" (one float32 scale per 256-element block)"
+                                if k.endswith("_scale") else ""))
+    if grad.dtype != param.dtype:
+        raise TypeError(f"grad has dtype {grad.dtype}, but param has {param.dtype}")
+    if grad.shape != param.shape:
+        raise ValueError(f"grad has shape {grad.shape}, but param has {param.shape}")
+    allarr = dict(named, **{k: state[k] for k in layout})
+    outputs = ["param"] + list(layout)
+    for k, a in allarr.items():
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{k} is not C-contiguous (a strided view); pass a contiguous array")
+    for k in outputs:
+        if not allarr[k].flags.writeable:
+            raise ValueError(f"{k} is read-only; it is updated in place")
+    items = list(allarr.items())
+    for i, (n1, a1) in enumerate(items):
+        for n2, a2 in items[i + 1:]:
+            if (n1 in outputs or n2 in outputs) and a1.size and a2.size and \
+                    np.may_share_memory(a1, a2):
+                raise ValueError(f"{n1} and {n2} overlap in memory; each buffer of a step "
+                                 "must be distinct")
+    return {k: a.reshape(-1) for k, a in allarr.items()}
+
+
+def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
+          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sq=None,
+          maximize=False, state_dtype="bfloat16", exp_avg_scale=None, exp_avg_sq_scale=None,
+          grad_scale=None, clip_coef=None, clip_value=None, backend="auto"):
+    r"""One Adam / AdamW step with reduced-precision state and/or a fused gradient transform.
+
+    :func:`fastadam.functional.adam_` calls this when ``state_dtype`` is not
+    ``"float32"`` or a gradient transform is given; the arguments are the same.
+
+    .. math::
+
+        g &\leftarrow k\,\mathrm{clamp}(g / s, -c, c) \quad\text{(then as Adam:)} \\
+        g &\leftarrow \pm g + \lambda_{L2}\theta, \qquad
+        \theta \leftarrow \theta(1 - \gamma\lambda_W) \\
+        m &\leftarrow D(m) + (1-\beta_1)(g - D(m)), \qquad
+        v \leftarrow \beta_2 D(v) + (1-\beta_2) g^2 \\
+        \theta &\leftarrow \theta - \frac{\gamma}{1-\beta_1^t}
+                 \frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon} \\
+        m, v &\text{ stored as } E(m), E(v)
+
+    with :math:`D`/:math:`E` the decode/encode of ``state_dtype`` (identity
+    for float32; see :mod:`fastadam.rules.codecs`), :math:`s` ``grad_scale``,
+    :math:`k` ``clip_coef``, :math:`c` ``clip_value``.
+
+    Parameters
+    ----------
+    param, grad : ndarray
+        float32 (float64 allowed only with ``state_dtype="float32"``), same shape.
+    exp_avg, exp_avg_sq : ndarray
+        ``bfloat16``: uint16 of ``param.shape``; ``int8``: int8 and uint8 of
+        ``param.shape``; ``float32``: the parameter dtype.
+    exp_avg_scale, exp_avg_sq_scale : ndarray, optional
+        ``int8`` only: float32 of shape ``(ceil(param.size / 256),)``, the
+        per-block absmax of each moment (zeros initially, with zero codes).
+    step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize
+        As :func:`fastadam.functional.adam_`.
+    amsgrad, max_exp_avg_sq
+        Only with ``state_dtype="float32"``.
+    state_dtype : {"float32", "bfloat16", "int8"}
+    grad_scale : float, optional
+        ``s > 0``: the gradient holds ``s * g`` (a loss-scaled AMP gradient).
+    clip_coef : float, optional
+        ``k >= 0``: a norm-clipping factor (:func:`clip_coef`).
+    clip_value : float, optional
+        ``c >= 0``: clip by value.
+    backend : str, default "auto"
+        ``numba`` or ``numpy``; ``cython`` only for float32 state without
+        ``clip_value``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad argument, before anything is written.
+    fastadam.BackendUnavailableError
+        On a backend that does not implement the combination.
+    """
+    state_dtype = check_state_dtype(state_dtype)
+    hp = _hparams.adam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                       weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+                       amsgrad=amsgrad, maximize=maximize)
+    if hp["amsgrad"] and state_dtype != "float32":
+        raise ValueError(f"amsgrad=True is not supported with state_dtype={state_dtype!r}")
+    gscale, clip = _transform_scalars(grad_scale, clip_coef, clip_value)
+    state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    if state_dtype == "int8":
+        state["exp_avg_scale"] = exp_avg_scale
+        state["exp_avg_sq_scale"] = exp_avg_sq_scale
+    if hp["amsgrad"]:
+        if max_exp_avg_sq is None:
+            raise ValueError("amsgrad=True needs the max_exp_avg_sq array")
+        if not isinstance(param, np.ndarray):
+            raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
+        arrays = _v.host_arrays({"param": param, "grad": grad, "exp_avg": exp_avg,
+                                 "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": max_exp_avg_sq},
+                                ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    else:
+        if state_dtype == "float32" and isinstance(param, np.ndarray) and \
+                param.dtype not in _v.FLOAT_DTYPES:
+            raise TypeError(f"param must have dtype float32 or float64, got {param.dtype}")
+        arrays = _check_arrays(param, grad, state, state_dtype)
+    be = _backends.resolve(backend, param)
+    step_arrays(be, "adam", arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip)
+
+
+def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=math.inf):
+    """Run one validated step on flat arrays with a gradient transform (internal).
+
+    ``be`` a resolved backend, ``opt`` the :mod:`fastadam._scalars` step name,
+    ``arrays`` flat arrays by state name, ``hp`` validated hyperparameters,
+    ``g -> clamp(g * gscale, clip)`` before the rule.  Used by :func:`adam_` and
+    the façade; fastadam.torch can call it with ``.numpy()`` views of flat
+    CPU tensors.
+    """
+    p = arrays["param"]
+    if p.shape[0] == 0:
+        return
+    lowp = state_dtype != "float32"
+    if opt != "adam" and lowp:
+        raise ValueError(f"state_dtype={state_dtype!r} is implemented for Adam/AdamW only")
+    fused_adam = opt == "adam" and not hp.get("amsgrad") and p.dtype == np.float32
+    if be.name == "numba" and fused_adam and (lowp or clip != math.inf):
+        from .kernels import cpu_lowp
+        kname, scal = _scalars.adam(p.dtype, **hp)
+        f = np.float32
+        if state_dtype == "bfloat16":
+            a, k = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"]), "adam_bf16"
+            sm, sv = sr_seeds(hp["step"])
+            pre = (np.uint32(sm), np.uint32(sv), f(gscale), f(clip))
+        elif state_dtype == "int8":
+            a = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
+                 arrays["exp_avg_sq"], arrays["exp_avg_sq_scale"])
+            k, pre = "adam_int8", (f(gscale), f(clip), f(_I8_QMAX))
+        else:
+            a, k = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"]), "adam_f32"
+            pre = (f(gscale), f(clip))
+        cpu_lowp.run(k, a, pre + scal)
+        return
+    if lowp and be.name != "numpy":
+        raise _backends.BackendUnavailableError(
+            f"state_dtype={state_dtype!r} is implemented on the numba and numpy backends, "
+            f"not {be.name!r}")
+    if not lowp and clip == math.inf and hasattr(be, "run"):
+        # compiled backend, float32 state: fold the factor into gsign (scalar 0)
+        kname, scal = getattr(_scalars, opt)(p.dtype, **hp)
+        if gscale != 1.0:
+            scal = _scalars.scale_grad(p.dtype, scal, gscale)
+        be.run(kname, (p, arrays["grad"]) + tuple(arrays[s] for s in
+                                                   _scalars.KERNEL_STATES[kname]), scal)
+        return
+    # the reference path (numpy backend, or a combination no compiled kernel fuses):
+    # transform a temporary copy of the gradient, decode state to float32 copies
+    g = arrays["grad"]
+    c = p.dtype.type
+    if gscale != 1.0 or clip != math.inf:
+        g = np.clip(g * c(gscale), -c(clip), c(clip))
+    if not lowp:
+        be.step(opt, dict(arrays, grad=g), hp)
+        return
+    from . import reference
+    st = decode_state(state_dtype, arrays)
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    reference.adam_(p, g, m, v, None, **hp)
+    if state_dtype == "bfloat16":
+        sm, sv = sr_seeds(hp["step"])
+        arrays["exp_avg"][...] = bf16_encode_sr(m, sm)
+        arrays["exp_avg_sq"][...] = bf16_encode_sr(v, sv)
+    else:
+        arrays["exp_avg"][...], arrays["exp_avg_scale"][...] = int8_encode(m)
+        arrays["exp_avg_sq"][...], arrays["exp_avg_sq_scale"][...] = log8_encode(v)
+
+
+# --- the façade's side ------------------------------------------------------------------
+
+class StateBackend:
+    """A backend wrapper that runs Adam with reduced-precision state (internal).
+
+    The façade calls ``backend.step(opt, arrays, hp)`` per flat buffer; this
+    wrapper sends that to :func:`step_arrays` with its ``state_dtype``.  It has
+    no ``bind``, so the façade's hot path calls ``step`` each time.
+    """
+
+    device = False
+
+    def __init__(self, inner, state_dtype):
+        if inner.name not in ("numba", "numpy"):
+            raise _backends.BackendUnavailableError(
+                f"state_dtype={state_dtype!r} is implemented on the numba and numpy backends, "
+                f"not {inner.name!r}")
+        self.inner = inner
+        self.name = inner.name
+        self.state_dtype = state_dtype
+
+    def check(self, named, outputs):  # pragma: no cover - the façade owns its arrays
+        return self.inner.check(named, outputs)
+
+    def step(self, opt, arrays, hp):
+        step_arrays(self.inner, opt, arrays, hp, state_dtype=self.state_dtype)
+
+
+def _found_inf_value(found_inf) -> bool:
+    try:
+        v = float(np.asarray(found_inf).reshape(-1)[0]) if np.size(found_inf) == 1 else None
+    except (TypeError, ValueError):
+        v = None
+    if v is None:
+        raise TypeError(f"found_inf must be a bool or a number (or a 1-element array), got "
+                        f"{type(found_inf).__name__}: {found_inf!r}")
+    return v != 0.0
+
+
+def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, clip_value=None):
+    """The façade's ``step`` with unscaling, inf/nan skipping and clipping (two passes).
+
+    Pass 1 (only where needed): :func:`grad_stats` over every flat gradient
+    buffer of every group -- the global squared norm and a finiteness flag.
+    Then, unless the step is skipped, pass 2: the fused update of each buffer
+    with ``g -> clamp(g * coef / grad_scale, clip_value * coef)``.
+    Everything is validated before anything is written; a skipped step
+    changes no parameter, state array or step count (and makes no state).
+    """
+    if max_grad_norm is None:
+        max_grad_norm = opt.max_grad_norm
+    if clip_value is None:
+        clip_value = opt.clip_value
+    if max_grad_norm is not None:
+        max_grad_norm = _v.nonneg("max_grad_norm", max_grad_norm, "max_grad_norm value")
+    _transform_scalars(grad_scale, None, clip_value)        # validate
+    skip = found_inf is not None and _found_inf_value(found_inf)
+    plan = []
+    for gi, group in enumerate(opt.param_groups):
+        spec = opt._state_spec(group)
+        for fb in opt.flat[gi].buffers:
+            st = opt.state[gi][str(fb.dtype)]
+            hp = opt._hparams(group, st, st["step"] + 1)
+            plan.append((gi, group, fb, st, spec, hp))
+    if skip:
+        opt.skipped_steps += 1
+        return
+    be = opt._backend
+    state_dtype = getattr(be, "state_dtype", "float32")
+    be = getattr(be, "inner", be)
+
+    def fusable(fb, group):
+        return (be.name == "numba" and opt._opt == "adam" and fb.dtype == np.float32
+                and not group.get("amsgrad"))
+
+    check_inf = max_grad_norm is not None or (grad_scale is not None and found_inf is None)
+    written = set()
+    sumsq, finite = 0.0, True
+    if check_inf or (clip_value is not None):
+        for i, (gi, group, fb, st, spec, hp) in enumerate(plan):
+            write = clip_value is not None and not fusable(fb, group)
+            if not (check_inf or write) or fb.size == 0:
+                continue
+            s, ok = grad_stats([fb.grad], grad_scale=grad_scale, clip_value=clip_value,
+                               write=write, backend=be.name)
+            sumsq += s
+            finite = finite and ok
+            if write:
+                written.add(i)
+    opt.last_grad_norm = math.sqrt(sumsq) if max_grad_norm is not None else None
+    if check_inf and not finite:
+        opt.skipped_steps += 1
+        return
+    coef = clip_coef(math.sqrt(sumsq), max_grad_norm) if max_grad_norm is not None else 1.0
+    for i, (gi, group, fb, st, spec, hp) in enumerate(plan):
+        for name, fill in spec.items():
+            if name not in st:
+                st[name] = opt._new_state(name, fill, fb)
+        arrays = {"param": fb.data, "grad": fb.grad}
+        for name in spec:
+            arrays[name] = st[name]
+        if i in written:
+            gscale, clip = coef, math.inf
+        else:
+            gscale, clip = _transform_scalars(grad_scale, coef, clip_value)
+        step_arrays(be, opt._opt, arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip)
+        st["step"] += 1
+        opt._after_step(group, st, hp)

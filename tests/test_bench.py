@@ -1,0 +1,89 @@
+"""Smoke tests of ``fastadam bench`` (tiny sizes; speed itself is never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fastadam import _roofline, bench, cli
+
+
+def test_bench_quick_tiny(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--quick", "--sizes", "1K,4K", "--rounds", "2", "--batch-time",
+                   "0.0005", "--no-model", "--no-startup", "--no-peers", "--opt-size", "2K",
+                   "--json", str(out_json), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "Adam, float32, one tensor" in text
+    assert "Other optimizers" in text
+    res = json.loads(out_json.read_text())
+    assert {r["size"] for r in res["single"]} == {1024, 4096}
+    for n in (1024, 4096):
+        rows = [r for r in res["single"] if r["size"] == n]
+        names = {r["contender"] for r in rows}
+        assert {"roofline", "fastadam step()", "fastadam adam_()", "numpy reference"} <= names
+        for r in rows:
+            assert r["median_s"] > 0
+            assert math.isclose(r["params_per_s"], n / r["median_s"])
+            roof = next(x for x in rows if x["contender"] == "roofline")["median_s"]
+            assert math.isclose(r["pct_roofline"], 100 * roof / r["median_s"])
+    kernels = {r["kernel"] for r in res["optimizers"]}
+    assert {"adam", "adam_amsgrad", "rmsprop", "adagrad", "sgd_momentum"} <= kernels
+    assert res["meta"]["cpus"] >= 1 and res["meta"]["rounds"] == 2
+
+
+def test_interleave_median_and_order():
+    calls = []
+    med = bench.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                           rounds=3, batch_time=1e-4)
+    assert set(med) == {"a", "b"} and all(v > 0 for v in med.values())
+    assert "a" in calls and "b" in calls
+
+
+@pytest.mark.parametrize("text,n", [("4096", 4096), ("4K", 4096), ("64k", 65536),
+                                    ("1M", 1 << 20), ("1.5K", 1536)])
+def test_size_parsing(text, n):
+    assert bench._size(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "0", "x", "-4K"])
+def test_size_parsing_rejects(text):
+    with pytest.raises(ValueError):
+        bench._size(text)
+
+
+def test_gpt_shapes_match_the_anchor_model():
+    shapes = bench.gpt_shapes()
+    assert len(shapes) == 76
+    # 8192 x 256 + 512 x 256 embeddings; per layer 12 d^2 + 13 d; final norm 2 d
+    d, layers = 256, 6
+    assert sum(math.prod(s) for _, s in shapes) == 8704 * d + layers * (12 * d * d + 13 * d) \
+        + 2 * d == 6_967_296
+
+
+@pytest.mark.parametrize("kernel", sorted(_roofline.TRAFFIC))
+def test_roofline_moves_the_kernels_bytes(kernel):
+    """Each roofline loop reads every array it gets and writes all but the gradient."""
+    from fastadam import _scalars
+    reads, writes = _roofline.TRAFFIC[kernel]
+    assert reads == 2 + len(_scalars.KERNEL_STATES[kernel]) and writes == reads - 1
+    arrays = [np.full(37, 1.0, np.float32) for _ in range(reads)]
+    arrays[1][...] = 2.0                                  # the gradient
+    _roofline.get(reads, False)(*arrays, np.float32(0.5))
+    assert np.all(arrays[1] == 2.0)                       # read only
+    for a in arrays[:1] + arrays[2:]:
+        assert np.all(a == 2.0)                           # 1 + 0.5 * 2: read and written
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = {"single": [dict(size=n, contender=c, pct_roofline=p) for n, c, p in
+                      [(4096, "a", 50.0), (65536, "a", 80.0), (4096, "roofline", 100.0)]],
+           "meta": {"date": "today", "cpu": "cpu"}}
+    path = tmp_path / "p.png"
+    bench.plot(res, str(path))
+    assert path.stat().st_size > 1000
