@@ -267,7 +267,7 @@ def grad_sumsq(g, gscale, clip, write):
     float32 block sum overflows only for elements beyond ~1e18; the caller
     then recomputes in float64 (:func:`fastadam.lowp.grad_stats`).  The
     second result counts the blocks holding an inf or NaN in the raw gradient
-    (looked at before     the clamp, which would hide an inf), from the integer maximum of
+    (looked at before the clamp, which would hide an inf), from the integer maximum of
     the elements' ``absbits`` (>= 0x7F800000 exactly for inf and NaN).  With
     ``write`` the transformed gradient is stored back into ``g``.  Compiled
     with ``reassoc`` (see ``_REDUCE_FASTMATH``).
