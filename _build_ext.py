@@ -192,3 +192,17 @@ class BuildExt(build_ext):
             ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
             ext.extra_link_args = list(ext.extra_link_args or []) + ldflags
         super().build_extensions()
+
+    def run(self):
+        # The Cython backend is optional: without a working C compiler fastadam still
+        # installs (numba is the default backend) -- unless FASTADAM_REQUIRE_CYTHON=1
+        # (CI), where a failed build must fail the install.
+        from setuptools.errors import BaseError, CCompilerError
+        try:
+            super().run()
+        except (BaseError, CCompilerError, OSError) as e:
+            if _truthy("FASTADAM_REQUIRE_CYTHON"):
+                raise
+            print(f"fastadam: WARNING: the Cython backend was not built ({e}); fastadam "
+                  "works without it (backend='numba'). Set FASTADAM_REQUIRE_CYTHON=1 to "
+                  "make this an error.", file=sys.stderr)

@@ -87,6 +87,17 @@ def nadam_mu(beta1, momentum_decay, step):
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
 
 
+def check_nadam_mu_product(beta1, momentum_decay, step, mu_product) -> None:
+    """Raise ValueError if NAdam's step ``step`` from ``mu_product`` would divide by zero.
+
+    The one definition of that check (functional API, façade and fastadam.torch).
+    """
+    mu = nadam_mu(beta1, momentum_decay, step)
+    mu_next = nadam_mu(beta1, momentum_decay, step + 1)
+    if mu_product * mu == 1.0 or mu_product * mu * mu_next == 1.0:
+        raise ValueError(f"Invalid mu_product: {mu_product} (the step would divide by zero)")
+
+
 def nadam(dtype, *, step, mu_product, lr, beta1, beta2, eps, weight_decay, momentum_decay,
           decoupled_weight_decay, maximize):
     """Scalars for one NAdam step; ``mu_product`` is the product *before* this step."""

@@ -15,6 +15,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fastadam`` argument parser, with one subcommand per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="fastadam", description="fused, in-place Adam-family optimizer steps")
     from . import __version__
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the ``fastadam`` command with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

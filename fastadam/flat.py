@@ -40,6 +40,7 @@ class FlatBuffer:
 
     @property
     def size(self) -> int:
+        """Number of elements in the buffer."""
         return int(self.data.shape[0])
 
     def views(self, flat: np.ndarray) -> list:

@@ -306,10 +306,8 @@ def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1, bet
                         weight_decay=weight_decay, momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     mp = _v.real("mu_product", mu_product)
+    _scalars.check_nadam_mu_product(hp["beta1"], hp["momentum_decay"], hp["step"], mp)
     new_mp = mp * _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], hp["step"])
-    if new_mp == 1.0 or mp * _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], hp["step"]) \
-            * _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], hp["step"] + 1) == 1.0:
-        raise ValueError(f"Invalid mu_product: {mu_product} (the step would divide by zero)")
     hp["mu_product"] = mp
     _run("nadam", backend,
          {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},

@@ -228,6 +228,21 @@ def _keras_run():
     return cpu_keras.run
 
 
+def _transform_attr(name):
+    """A gradient-transform attribute (``clipnorm`` ...): validated when set, and
+    setting it drops the per-call cache, which was built for the old value."""
+    private = "_" + name
+
+    def get(self):
+        return getattr(self, private)
+
+    def set(self, value):
+        setattr(self, private, _optional_nonneg(name, value))
+        self._call_cache = None
+    return property(get, set, doc=f"``{name}``: None or a float >= 0; may be changed "
+                                  "between steps.")
+
+
 class Optimizer:
     """Base of the Keras-style optimizers (see the module docstring).
 
@@ -244,6 +259,10 @@ class Optimizer:
         The learning rate of the next step, before the legacy ``decay``.
     """
 
+    clipnorm = _transform_attr("clipnorm")
+    clipvalue = _transform_attr("clipvalue")
+    global_clipnorm = _transform_attr("global_clipnorm")
+
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
                  ema_overwrite_frequency=None, loss_scale_factor=None,
@@ -251,9 +270,9 @@ class Optimizer:
                  backend="auto"):
         self._set_lr(learning_rate)
         self.weight_decay = _optional_nonneg("weight_decay", weight_decay)
-        self.clipnorm = _optional_nonneg("clipnorm", clipnorm)
-        self.clipvalue = _optional_nonneg("clipvalue", clipvalue)
-        self.global_clipnorm = _optional_nonneg("global_clipnorm", global_clipnorm)
+        self.clipnorm = clipnorm
+        self.clipvalue = clipvalue
+        self.global_clipnorm = global_clipnorm
         if sum(a is not None for a in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError(
                 "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "

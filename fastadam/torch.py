@@ -95,6 +95,13 @@ _IN_PLACE_MIN = 16384
 _NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
+def _frozen(v):
+    """A hashable, comparable snapshot of a hyperparameter value and its type."""
+    if type(v) is list or type(v) is tuple:
+        return (type(v), tuple(map(_frozen, v)))
+    return (type(v), v)
+
+
 def _flat_tensor(n: int, dtype, device, fill=None):
     """A new 1-D tensor of ``n`` elements (uninitialised when ``fill`` is None).
 
@@ -453,8 +460,14 @@ class FlatOptimizer(_TorchOptimizer):
         return 0.0
 
     def _hp_record(self, gi, group):
-        """(validated hyperparameters, kernel name, state names) of a group, cached."""
-        key = self._group_key(group)
+        """(validated hyperparameters, kernel name, state names) of a group, cached.
+
+        The cache is keyed on a frozen snapshot of the group's values -- each with its
+        type, lists and tuples copied item by item -- so an in-place edit
+        (``group["betas"][0] = ...``) or a change of type (``amsgrad=1`` for ``True``)
+        is validated again, never silently ignored.
+        """
+        key = tuple(map(_frozen, self._group_key(group)))
         rec = self._hp_cache.get(gi)
         if rec is not None and rec[0] == key:
             return rec[1]
@@ -462,7 +475,7 @@ class FlatOptimizer(_TorchOptimizer):
         hp = self._group_hparams(group)
         kname = self._scalar(np.dtype(np.float64), **self._full(hp, 1, 0.5))[0]
         out = (hp, kname, _scalars.KERNEL_STATES[kname], self._advances(hp))
-        if not any(isinstance(x, torch.Tensor) for x in key):
+        if not any(isinstance(x, torch.Tensor) for x in self._group_key(group)):
             self._hp_cache[gi] = (key, out)
         return out
 
@@ -615,6 +628,8 @@ class FlatOptimizer(_TorchOptimizer):
         bound = all(map(_is, grads, b.gviews))
         moved = list(map(_data_ptr, params)) != b.ptrs
         if bound and not moved and b.uniform:
+            if self._needs_mu:
+                self._check_mu(rec[0], int(b.steps[0]) + 1, float(b.mu[0]))
             return b, rec, (), (), ((0, len(params), None),)
         hp = rec[0]
         readopt = []
@@ -959,7 +974,10 @@ class FlatOptimizer(_TorchOptimizer):
                                          f"{p.numel()} of {p.dtype}"
                                          + (" (one scale per 256-element block)"
                                             if key in _SCALES else ""))
-                    tensors[key] = val
+                    # a private copy: the checkpoint may hold views of this optimizer's
+                    # own flat buffers (opt.load_state_dict(opt.state_dict())), which the
+                    # commit below refills before copying in
+                    tensors[key] = val.detach().clone()
                 else:
                     raise ValueError(f"unexpected state {key!r} of parameter {k!r} for "
                                      f"{type(self).__name__}")
@@ -1450,10 +1468,7 @@ class NAdam(FlatOptimizer):
         return hp
 
     def _check_mu(self, hp, step, mu):
-        m = _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], step)
-        m_next = _scalars.nadam_mu(hp["beta1"], hp["momentum_decay"], step + 1)
-        if mu * m == 1.0 or mu * m * m_next == 1.0:
-            raise ValueError(f"Invalid mu_product: {mu} (the step would divide by zero)")
+        _scalars.check_nadam_mu_product(hp["beta1"], hp["momentum_decay"], step, mu)
 
 
 class Adamax(FlatOptimizer):

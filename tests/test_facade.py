@@ -240,3 +240,64 @@ def test_load_state_dict_refuses_mismatches_and_changes_nothing():
 def test_repr_mentions_backend_and_groups():
     r = repr(fastadam.Adam({"w": np.ones(2)}, backend="numpy"))
     assert "numpy" in r and "group 0" in r
+
+
+def test_same_parameters_in_two_groups_are_refused():
+    fp = fastadam.FlatParams({"w": np.ones(3)})
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        fastadam.SGD([{"params": fp}, {"params": fp}], lr=1.0)
+    d = {"w": np.ones(3)}
+    opt = fastadam.SGD([{"params": d}], lr=1.0)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": d})        # d now holds views of the buffer
+    assert len(opt.param_groups) == 1
+
+
+def test_checkpoint_missing_or_duplicated_entries_are_refused():
+    opt = fastadam.Adam(_model())
+    opt.grads["w1"][...] = 1.0
+    opt.step()
+    before = opt.state_dict()
+    bad = opt.state_dict()
+    bad["state"] = []
+    with pytest.raises(ValueError, match="no state entry"):
+        opt.load_state_dict(bad)
+    bad = opt.state_dict()
+    bad["state"] = bad["state"] * 2
+    with pytest.raises(ValueError, match="two state entries"):
+        opt.load_state_dict(bad)
+    assert opt.state[0]["float64"]["step"] == 1
+    np.testing.assert_array_equal(opt.state[0]["float64"]["exp_avg"],
+                                  before["state"][0]["exp_avg"])
+
+
+def test_repeated_loads_keep_no_old_state_alive():
+    """The per-step caches are dropped on load: no generation of old arrays is kept."""
+    import gc
+    import weakref
+    opt = fastadam.Adam({"w": np.zeros(1000)})
+    opt.grads["w"][...] = 1.0
+    opt.step()
+    refs = []
+    for _ in range(3):
+        refs.append(weakref.ref(opt.state[0]["float64"]["exp_avg"]))
+        opt.load_state_dict(opt.state_dict())
+        opt.step()
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_nadam_bad_mu_product_in_checkpoint_fails_before_any_write():
+    from fastadam import _scalars
+    params = _model()
+    opt = fastadam.NAdam(params)
+    opt.grads["w1"][...] = 1.0
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["mu_product"] = 1.0 / _scalars.nadam_mu(0.9, 4e-3, 2)   # mu * m == 1
+    opt.load_state_dict(sd)
+    snap = {k: v.copy() for k, v in params.items()}
+    with pytest.raises(ValueError, match="mu_product"):
+        opt.step()
+    for k in params:
+        np.testing.assert_array_equal(params[k], snap[k])

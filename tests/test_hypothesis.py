@@ -43,7 +43,10 @@ other_cases = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI explores the same examples every run, so a red run means a change broke
+# something, not that a new random example turned up (run with --hypothesis-seed to explore)
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(case=st.one_of(adam_cases, rmsprop_cases, adagrad_cases, nadam_cases, other_cases),
        n=size, seed=st.integers(0, 2**31 - 1))
 @pytest.mark.parametrize("be", ["numba"])

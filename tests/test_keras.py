@@ -447,3 +447,25 @@ def test_repeated_call_still_checks_writeability():
         opt.apply_gradients(pairs)
     np.testing.assert_array_equal(fp.buffers[0].data, np.zeros(5))
     assert opt.iterations == 2
+
+
+def test_changing_clipnorm_between_steps_takes_effect():
+    """Setting a clip attribute after a step must not reuse the call plan built without it:
+    the per-variable clip factor then applies to each variable (Keras' clipnorm is per
+    variable); checked against plain SGD arithmetic done here by hand."""
+    fp = fastadam.FlatParams({"a": np.ones(4), "b": np.ones(2)})
+    opt = FK.SGD(learning_rate=0.1)
+    fp.grads["a"][...] = 3.0               # gradients tiling one flat buffer: the fast path
+    fp.grads["b"][...] = 0.5
+    grads = [fp.grads["a"], fp.grads["b"]]
+    opt.apply_gradients(zip(grads, [fp.params["a"], fp.params["b"]]))
+    np.testing.assert_allclose(fp.params["a"], 1 - 0.1 * 3.0)
+    np.testing.assert_allclose(fp.params["b"], 1 - 0.1 * 0.5)
+    opt.clipnorm = 1.0
+    a0, b0 = fp.params["a"].copy(), fp.params["b"].copy()
+    opt.apply_gradients(zip(grads, [fp.params["a"], fp.params["b"]]))
+    # norm(a's grad) = 6 -> scaled by 1/6; norm(b's grad) = 0.707 < 1 -> unchanged
+    np.testing.assert_allclose(fp.params["a"], a0 - 0.1 * 3.0 / 6.0, rtol=1e-12)
+    np.testing.assert_allclose(fp.params["b"], b0 - 0.1 * 0.5, rtol=1e-12)
+    with pytest.raises(ValueError, match="clipnorm"):
+        opt.clipnorm = -1.0

@@ -17,7 +17,7 @@ import pytest
 from cases import CASES, DEFAULT_CASES, torch_optimizer
 
 torch = pytest.importorskip("torch")
-ft = pytest.importorskip("fastadam.torch")
+import fastadam.torch as ft  # noqa: E402  (an import error here must fail, not skip)
 nn = torch.nn
 
 CLASSES = {"adam": "Adam", "rmsprop": "RMSprop", "adagrad": "Adagrad", "sgd": "SGD",
@@ -1020,3 +1020,72 @@ def test_low_precision_and_transform_bad_input():
     opt.param_groups[0]["amsgrad"] = False
     assert all(torch.equal(a, p) for a, p in zip(before[0], m.parameters()))
     _assert_bitwise(before[1], _state_snapshot(opt))
+
+
+# --- regressions found in review ---------------------------------------------------------
+
+def _small_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+
+
+def _one_step(model, opt, seed):
+    torch.manual_seed(seed)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+
+
+def test_loading_own_state_dict_keeps_the_state():
+    """state_dict() holds views of the flat buffers; loading it back must not zero them."""
+    model = _small_model()
+    opt = ft.Adam(model.parameters(), lr=1e-2, amsgrad=True)
+    for s in range(3):
+        _one_step(model, opt, s)
+    before = {k: {n: (v.clone() if isinstance(v, torch.Tensor) else v) for n, v in st.items()}
+              for k, st in opt.state_dict()["state"].items()}
+    opt.load_state_dict(opt.state_dict())
+    after = opt.state_dict()["state"]
+    for k, st in before.items():
+        for n, v in st.items():
+            assert torch.equal(after[k][n], v), (k, n)
+    assert any(float(v["exp_avg"].abs().sum()) > 0 for v in after.values())
+
+
+def test_in_place_edit_of_betas_list_takes_effect_and_is_validated():
+    m1, m2 = _small_model(), _small_model()
+    o1 = ft.Adam(m1.parameters(), lr=1e-2, betas=[0.9, 0.999])
+    o2 = torch.optim.Adam(m2.parameters(), lr=1e-2, betas=[0.9, 0.999], foreach=False)
+    o1.param_groups[0]["betas"] = [0.9, 0.999]     # a list the user keeps editing
+    o2.param_groups[0]["betas"] = [0.9, 0.999]
+    _one_step(m1, o1, 0)
+    _one_step(m2, o2, 0)
+    o1.param_groups[0]["betas"][0] = 0.5        # in place, same list object
+    o2.param_groups[0]["betas"][0] = 0.5
+    _one_step(m1, o1, 1)
+    _one_step(m2, o2, 1)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    o1.param_groups[0]["betas"][0] = 1.5
+    snap = [p.detach().clone() for p in m1.parameters()]
+    with pytest.raises(ValueError, match="beta parameter at index 0"):
+        _one_step(m1, o1, 2)
+    for p, q in zip(m1.parameters(), snap):
+        assert torch.equal(p.detach(), q)
+
+
+def test_bad_mu_product_from_a_checkpoint_fails_before_any_write():
+    model = _small_model()
+    opt = ft.NAdam(model.parameters(), lr=1e-2)
+    _one_step(model, opt, 0)
+    sd = opt.state_dict()
+    m = float(ft._scalars.nadam_mu(0.9, 4e-3, 2))
+    for st in sd["state"].values():
+        st["mu_product"] = torch.tensor(1.0 / m, dtype=torch.float64)   # mu * m == 1
+    opt.load_state_dict(sd)
+    snap = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="mu_product"):
+        _one_step(model, opt, 1)
+    for p, q in zip(model.parameters(), snap):
+        assert torch.equal(p.detach(), q)

@@ -25,7 +25,8 @@
 #   decay, ``decay`` the decoupled (AdamW) factor ``1 - lr * weight_decay``.
 # * ``parallel``: nonzero runs an OpenMP ``prange`` loop (static schedule) over
 #   the team set by OMP_NUM_THREADS / omp_set_num_threads, zero a serial loop.
-#   Below ~64K elements a serial loop is faster (no fork/join).  In a build of
+#   Below ~12K-16K elements a serial loop is faster (no fork/join); fastadam's own
+#   backends switch at ``fastadam._config.PARALLEL_THRESHOLD`` (32K).  In a build of
 #   fastadam without OpenMP both are serial.
 # * The functions are ``noexcept nogil``: call them with or without the GIL,
 #   from any thread.  They run fastadam's compiled loops (exported through Cython's

@@ -11,9 +11,14 @@ and compile flags the loop inlines (edit a rule, and new cache entries are made)
 
 from __future__ import annotations
 
+import hashlib
 import types
 
 import numba
+
+#: numba options every kernel variant is compiled with (besides parallel/fastmath);
+#: they are part of the cache key, so editing them never loads stale cached code.
+NJIT_OPTIONS = {"nogil": True, "error_model": "numpy", "boundscheck": False}
 
 
 class KernelVariants:
@@ -33,7 +38,8 @@ class KernelVariants:
 
     def __init__(self, namespace: dict, key: str, fastmath, names=None):
         self._ns = namespace
-        self._key = key
+        opts = hashlib.sha256(repr(sorted(NJIT_OPTIONS.items())).encode()).hexdigest()[:6]
+        self._key = key + opts
         self._fastmath = fastmath if callable(fastmath) else (lambda name: fastmath)
         self._names = frozenset(names) if names is not None else None
         self.compiled: dict = {}
@@ -51,7 +57,7 @@ class KernelVariants:
         f.__module__ = src.__module__
         f.__doc__ = src.__doc__
         return numba.njit(parallel=parallel, cache=cache, fastmath=self._fastmath(name),
-                          nogil=True, error_model="numpy", boundscheck=False)(f)
+                          **NJIT_OPTIONS)(f)
 
     def get(self, name: str, parallel: bool):
         """The dispatcher of loop ``name`` (created lazily, compiled on first call)."""

@@ -31,6 +31,9 @@ class Adagrad(Optimizer):
     Notes
     -----
     State per buffer: ``step`` and ``sum`` (one array the size of the parameters).
+    ``initial_accumulator_value`` may be set per param group here (each group's
+    accumulator starts at its own value); torch.optim.Adagrad and
+    :class:`fastadam.torch.Adagrad` use the constructor's value for every group.
     """
 
     _opt = "adagrad"

@@ -127,11 +127,31 @@ class Optimizer:
         self._hparams(full, {}, 1)          # validate before copying anything
         if not isinstance(p, FlatParams) and len(p) == 0:
             raise ValueError("optimizer got an empty parameter list")
+        self._check_not_in_other_group(p)
         fp = p if isinstance(p, FlatParams) else FlatParams(p, replace=True)
         full["params"] = fp.keys
         self.param_groups.append(full)
         self.flat.append(fp)
         self.state.append({str(fb.dtype): {"step": 0} for fb in fp.buffers})
+
+    def _check_not_in_other_group(self, p) -> None:
+        """Refuse parameters that an existing group already holds (they would step twice,
+        or a copy nobody holds would be optimized), as torch.optim does."""
+        if isinstance(p, FlatParams):
+            if any(fp is p for fp in self.flat):
+                raise ValueError("some parameters appear in more than one parameter group "
+                                 "(the same FlatParams)")
+            return
+        arrays = p.values() if isinstance(p, dict) else p
+        for a in arrays:
+            if isinstance(a, np.ndarray) and any(
+                    np.may_share_memory(a, fb.data) for fp in self.flat for fb in fp.buffers):
+                raise ValueError("some parameters appear in more than one parameter group")
+
+    def _clear_caches(self) -> None:
+        """Forget the per-step caches (validated hyperparameters, bound kernels)."""
+        for name in ("_fast", "_bound", "_hp_cache"):
+            self.__dict__.pop(name, None)
 
     def add_param_group(self, group: dict) -> None:
         """Add a group of parameters (a dict with ``"params"`` and optional hyperparameters)."""
@@ -139,15 +159,24 @@ class Optimizer:
             raise TypeError("param group must be a dict with a 'params' key")
         self._add_group(dict(group))
         self._group_input = True
+        self._clear_caches()
 
     @property
     def params(self):
+        """Views of the parameters in the flat buffers, with the caller's keys.
+
+        A dict or list like the one given (for group input: a list with one per group).
+        """
         if self._group_input:
             return [fp.params for fp in self.flat]
         return self.flat[0].params
 
     @property
     def grads(self):
+        """Views of the flat gradient buffers, laid out like :attr:`params`.
+
+        Write gradients into them (``opt.grads[k][...] = g``) before :meth:`step`.
+        """
         if self._group_input:
             return [fp.grads for fp in self.flat]
         return self.flat[0].grads
@@ -418,10 +447,18 @@ class Optimizer:
             if not isinstance(st.get("step"), (int, np.integer)) or st["step"] < 0:
                 raise ValueError(f"checkpoint state (group {gi}, {dt}) has no valid 'step'")
             st["step"] = int(st["step"])
+            if (gi, dt) in seen:
+                raise ValueError(f"checkpoint has two state entries for group {gi}, {dt}")
             new_state[gi][dt] = st
             seen.add((gi, dt))
+        missing = [(gi, dt) for gi, sts in enumerate(new_state) for dt in sts
+                   if (gi, dt) not in seen]
+        if missing:
+            raise ValueError(f"checkpoint has no state entry for buffer(s) {missing} "
+                             "(group, dtype)")
         self.param_groups = new_groups
         self.state = new_state
+        self._clear_caches()
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} (backend={self.backend!r})"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import _hparams, _scalars
+from .. import _validate as _v
 from ._betas import split_betas
 from .base import Optimizer
 
@@ -56,7 +57,8 @@ class NAdam(Optimizer):
                             momentum_decay=group["momentum_decay"],
                             decoupled_weight_decay=group["decoupled_weight_decay"],
                             maximize=group["maximize"])
-        hp["mu_product"] = float(st.get("mu_product", 1.0))
+        hp["mu_product"] = _v.real("mu_product", st.get("mu_product", 1.0))
+        _scalars.check_nadam_mu_product(beta1, hp["momentum_decay"], step, hp["mu_product"])
         return hp
 
     def _state_spec(self, group):

@@ -5,7 +5,8 @@ the parameter and of every state element.  The rules are the *single* definition
 of the per-element math: :mod:`fastadam.kernels.cpu` compiles them with
 ``numba.njit(inline="always")`` into its loops and the CUDA backend wraps them as
 ``cuda.jit(device=True)`` functions.  The Cython backend cannot import Python
-functions, so it mirrors them; cross-backend parity tests keep them equal.
+functions, so its inline C functions are *generated* from these sources at build
+time (``fastadam/_cython/_codegen.py``); cross-backend parity tests keep them equal.
 
 Conventions (they are what makes the float discipline hold):
 
