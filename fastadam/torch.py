@@ -955,6 +955,8 @@ class FlatOptimizer(_TorchOptimizer):
             b, i = self._where[p]
             step, mu, tensors = None, None, {}
             for key, val in v.items():
+                if val is None:         # e.g. SGD's momentum_buffer=None (momentum 0)
+                    continue
                 if key == "step" and self._has_step:
                     step = _v.real(f"step of parameter {k!r}", _num("step", val))
                     if step < 0 or not step.is_integer():

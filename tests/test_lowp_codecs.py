@@ -251,6 +251,7 @@ def test_kernel_intrinsics_match_codecs():
     def run(x, h, q, y):
         e16 = np.empty(x.shape[0], np.uint16)
         s16 = np.empty(x.shape[0], np.uint16)
+        sh16 = np.empty(x.shape[0], np.uint16)
         e8 = np.empty(x.shape[0], np.uint8)
         l8 = np.empty(y.shape[0], np.int8)
         d16 = np.empty(h.shape[0], np.float32)
@@ -259,6 +260,7 @@ def test_kernel_intrinsics_match_codecs():
         for i in range(x.shape[0]):
             e16[i] = K.k_bf16_encode(x[i])
             s16[i] = K.k_bf16_encode_sr(x[i], i, np.uint32(0xDEADBEEF))
+            sh16[i] = K.k_bf16_encode_srh(x[i], K.k_hash_index(i), np.uint32(0xDEADBEEF))
             e8[i] = K.k_log8_encode(x[i])
             mx = K.k_absbits_max(mx, x[i])
         for i in range(y.shape[0]):
@@ -267,7 +269,7 @@ def test_kernel_intrinsics_match_codecs():
             d16[i] = K.k_bf16_decode(h[i])
         for i in range(q.shape[0]):
             d8[i] = K.k_log8_decode(q[i])
-        return e16, s16, e8, l8, d16, d8, mx
+        return e16, s16, sh16, e8, l8, d16, d8, mx
 
     rng = np.random.default_rng(7)
     bits = rng.integers(0, 1 << 32, 4000, dtype=np.uint64).astype(np.uint32)
@@ -277,11 +279,12 @@ def test_kernel_intrinsics_match_codecs():
                         rng.uniform(-130, 130, 2000)]).astype(np.float32)
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     q = np.arange(256, dtype=np.uint16).astype(np.uint8)
-    e16, s16, e8, l8, d16, d8, mx = run(x, h, q, y)
+    e16, s16, sh16, e8, l8, d16, d8, mx = run(x, h, q, y)
     xb = [int(b) for b in x.view(np.uint32)]      # exact bits, NaN payloads included
     np.testing.assert_array_equal(e16, [C.bf16_encode(b) for b in xb])
     np.testing.assert_array_equal(s16, [C.bf16_encode_sr(b, C.sr_bits(i, 0xDEADBEEF))
                                         for i, b in enumerate(xb)])
+    np.testing.assert_array_equal(sh16, s16)       # the kernels' hashed-index variant, NaNs too
     np.testing.assert_array_equal(e8, [C.log8_encode(b) for b in xb])
     np.testing.assert_array_equal(l8, [C.lin8_encode(float(v)) for v in y])
     np.testing.assert_array_equal(d16.view(np.uint32), [C.bf16_decode(int(v)) for v in h])

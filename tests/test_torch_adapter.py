@@ -1089,3 +1089,15 @@ def test_bad_mu_product_from_a_checkpoint_fails_before_any_write():
         _one_step(model, opt, 1)
     for p, q in zip(model.parameters(), snap):
         assert torch.equal(p.detach(), q)
+
+
+def test_sgd_checkpoint_with_none_momentum_buffer_loads():
+    """torch.optim.SGD without momentum stores ``momentum_buffer: None`` in some versions."""
+    model = _small_model()
+    opt = ft.SGD(model.parameters(), lr=0.1)
+    _one_step(model, opt, 0)
+    sd = opt.state_dict()
+    for i in range(len(list(model.parameters()))):
+        sd["state"].setdefault(i, {})["momentum_buffer"] = None
+    opt.load_state_dict(sd)
+    _one_step(model, opt, 1)
