@@ -301,3 +301,11 @@ def test_nadam_bad_mu_product_in_checkpoint_fails_before_any_write():
         opt.step()
     for k in params:
         np.testing.assert_array_equal(params[k], snap[k])
+
+
+def test_refused_state_dtype_leaves_the_callers_arrays_alone():
+    d = {"w": np.ones(3)}                      # float64: reduced state needs float32
+    w = d["w"]
+    with pytest.raises(TypeError, match="float32"):
+        fastadam.Adam(d, state_dtype="bfloat16")
+    assert d["w"] is w and w.base is None

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import _hparams, _validate
 from .. import lowp as _lowp
+from ..flat import FlatParams
 from ._betas import split_betas
 from .base import Optimizer
 
@@ -93,12 +94,21 @@ class Adam(Optimizer):
         self.max_grad_norm = max_grad_norm
         self.clip_value = clip_value
         if self.state_dtype != "float32":
-            for fp in self.flat:
-                for fb in fp.buffers:
-                    if fb.dtype != np.float32:
-                        raise TypeError(f"state_dtype={state_dtype!r} needs float32 "
-                                        f"parameters, got a {fb.dtype} buffer")
             self._backend = _lowp.StateBackend(self._backend, self.state_dtype)
+
+    def _check_group_arrays(self, p):
+        # before anything is copied: reduced-precision state needs float32 parameters
+        if self.state_dtype == "float32":
+            return
+        if isinstance(p, FlatParams):
+            dtypes = [fb.dtype for fb in p.buffers]
+        else:
+            dtypes = [a.dtype for a in (p.values() if isinstance(p, dict) else p)
+                      if isinstance(a, np.ndarray)]
+        for dt in dtypes:
+            if dt != np.float32:
+                raise TypeError(f"state_dtype={self.state_dtype!r} needs float32 "
+                                f"parameters, got {dt}")
 
     def _hparams(self, group, st, step):
         if group["amsgrad"] and self.state_dtype != "float32":

@@ -128,6 +128,7 @@ class Optimizer:
         if not isinstance(p, FlatParams) and len(p) == 0:
             raise ValueError("optimizer got an empty parameter list")
         self._check_not_in_other_group(p)
+        self._check_group_arrays(p)
         fp = p if isinstance(p, FlatParams) else FlatParams(p, replace=True)
         full["params"] = fp.keys
         self.param_groups.append(full)
@@ -147,6 +148,9 @@ class Optimizer:
             if isinstance(a, np.ndarray) and any(
                     np.may_share_memory(a, fb.data) for fp in self.flat for fb in fp.buffers):
                 raise ValueError("some parameters appear in more than one parameter group")
+
+    def _check_group_arrays(self, p) -> None:
+        """Subclass hook: refuse a group's arrays before anything is copied or replaced."""
 
     def _clear_caches(self) -> None:
         """Forget the per-step caches (validated hyperparameters, bound kernels)."""
