@@ -133,13 +133,7 @@ def train_losses():
     for sd in lowp.STATE_DTYPES:
         P = demo.init_params(0)
         opt = fastadam.Adam(P, lr=1e-3, state_dtype=sd)
-        rng = np.random.default_rng(1)
-        for _ in range(epochs):
-            perm = rng.permutation(n_train)
-            for i in range(0, n_train, 32):
-                idx = perm[i:i + 32]
-                demo.loss_and_grads(P, X[idx], y[idx], opt.grads)
-                opt.step()
+        demo.fit(P, opt, X, y, epochs=epochs, rng=np.random.default_rng(1))
         out[sd] = demo.evaluate(P, X, y)[0]
     return out
 

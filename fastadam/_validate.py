@@ -94,6 +94,19 @@ def host_arrays(named: dict, outputs: tuple) -> dict:
                             "all arrays of a step must share one dtype")
         if a.shape != first.shape:
             raise ValueError(f"{name} has shape {a.shape}, but {first_name} has {first.shape}")
+    return in_place_views(named, outputs)
+
+
+def in_place_views(named: dict, outputs) -> dict:
+    """The layout checks of an in-place step, then flat 1-D views of the arrays.
+
+    ``named`` maps argument names to NumPy arrays whose types, dtypes and shapes
+    the caller has checked; ``outputs`` names those written in place.  Checks:
+    C-contiguity (a strided view is refused rather than a silent copy being
+    updated), writeability of the outputs, and that no output overlaps any other
+    array.
+    """
+    items = list(named.items())
     for name, a in items:
         if not a.flags.c_contiguous:
             raise ValueError(

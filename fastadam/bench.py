@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from ._progress import Progress
+
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 DEFAULT_SIZES = (4096, 65536, 1 << 20, 1 << 22, 1 << 25)
 QUICK_SIZES = (4096, 65536, 1 << 20)
@@ -145,30 +147,6 @@ def add_arguments(parser) -> None:
 # --------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = max(total, 1), 0, enabled
-        self.t0 = time.perf_counter()
-
-    def add(self, total: int) -> None:
-        self.total += total
-
-    def tick(self, what: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        frac = min(self.done / self.total, 1.0)
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\r[{bar:<30}] {100 * frac:3.0f}% {time.perf_counter() - self.t0:5.1f}s "
-                         f"{what[:40]:<40}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _calibrate(fn, batch_time: float) -> int:
     fn()
     fn()                            # compile / warm caches, then estimate one call
@@ -600,7 +578,7 @@ def run(args) -> int:
     do_opts = not args.no_optimizers
     steps = (len(sizes) + (1 if do_model else 0) + (len(opt_labels) if do_opts else 0) +
              (11 if args.crossover else 0)) * rounds
-    progress = _Progress(steps, enabled=not args.no_progress)
+    progress = Progress(steps, enabled=not args.no_progress)
 
     results = {"single": [], "model": [], "optimizers": [], "startup": None,
                "crossover": None}

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._progress import Progress
+
 DTYPE = np.float32
 N_FEATURES, N_HIDDEN = 100, 64
 BATCH = 32
@@ -192,6 +194,19 @@ class Result:
     epoch_val_loss: list = field(default_factory=list)
 
 
+def fit(params: dict, opt, X: np.ndarray, y: np.ndarray, *, epochs: int, rng) -> None:
+    """Plain minibatch training: ``epochs`` passes over ``(X, y)`` in batches of
+    :data:`BATCH`, shuffled by ``rng``, gradients written into ``opt.grads`` and one
+    ``opt.step()`` per batch (``params`` must be the optimizer's parameter views)."""
+    n = X.shape[0]
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for s in range(0, n, BATCH):
+            idx = perm[s:s + BATCH]
+            loss_and_grads(params, X[idx], y[idx], opt.grads)
+            opt.step()
+
+
 def build_optimizer(name: str, params: dict, backend: str = "auto", lr: float | None = None):
     """The fastadam optimizer ``name`` over ``params`` with the demo's hyperparameters."""
     import fastadam
@@ -254,48 +269,6 @@ def train_one(name: str, data, *, epochs: int, seed: int, backend: str = "auto",
 # --------------------------------------------------------------------------------------
 # output: progress bar, table, plot
 # --------------------------------------------------------------------------------------
-class Progress:
-    """A minimal progress bar on a stream (stderr): redrawn in place on a terminal,
-    a line per finished optimizer otherwise (logs stay readable)."""
-
-    def __init__(self, total: int, stream=None, width: int = 30):
-        self.total, self.done, self.width = max(total, 1), 0, width
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.label = ""
-        self.t0 = time.perf_counter()
-
-    def set_label(self, label: str) -> None:
-        self.label = label
-        self._draw()
-
-    def advance(self, k: int = 1) -> None:
-        self.done = min(self.done + k, self.total)
-        if self.tty:
-            self._draw()
-
-    def log(self, line: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(line + "\n")
-        self._draw()
-
-    def _draw(self) -> None:
-        if not self.tty:
-            return
-        frac = self.done / self.total
-        fill = int(round(frac * self.width))
-        bar = "#" * fill + "-" * (self.width - fill)
-        self.stream.write(f"\r\033[K[{bar}] {100 * frac:5.1f}%  {self.label}  "
-                          f"{time.perf_counter() - self.t0:5.1f}s")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
-
 def format_table(results) -> str:
     """The results as a plain-text table."""
     head = ("optimizer", "lr", "train loss", "train acc", "val loss", "val acc",

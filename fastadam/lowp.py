@@ -325,22 +325,8 @@ def _check_arrays(param, grad, state, state_dtype):
         raise TypeError(f"grad has dtype {grad.dtype}, but param has {param.dtype}")
     if grad.shape != param.shape:
         raise ValueError(f"grad has shape {grad.shape}, but param has {param.shape}")
-    allarr = dict(named, **{k: state[k] for k in layout})
-    outputs = ["param"] + list(layout)
-    for k, a in allarr.items():
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{k} is not C-contiguous (a strided view); pass a contiguous array")
-    for k in outputs:
-        if not allarr[k].flags.writeable:
-            raise ValueError(f"{k} is read-only; it is updated in place")
-    items = list(allarr.items())
-    for i, (n1, a1) in enumerate(items):
-        for n2, a2 in items[i + 1:]:
-            if (n1 in outputs or n2 in outputs) and a1.size and a2.size and \
-                    np.may_share_memory(a1, a2):
-                raise ValueError(f"{n1} and {n2} overlap in memory; each buffer of a step "
-                                 "must be distinct")
-    return {k: a.reshape(-1) for k, a in allarr.items()}
+    return _v.in_place_views(dict(named, **{k: state[k] for k in layout}),
+                             ["param"] + list(layout))
 
 
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,

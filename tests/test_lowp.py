@@ -139,13 +139,7 @@ def _train(state_dtype, seed=0, n_train=4000, epochs=4, backend="numba"):
     X, y = demo.make_data(n_train, seed=0)
     P = demo.init_params(seed)
     opt = fastadam.Adam(P, lr=1e-3, state_dtype=state_dtype, backend=backend)
-    rng = np.random.default_rng(seed + 1)
-    for _ in range(epochs):
-        perm = rng.permutation(n_train)
-        for i in range(0, n_train, 32):
-            idx = perm[i:i + 32]
-            demo.loss_and_grads(P, X[idx], y[idx], opt.grads)
-            opt.step()
+    demo.fit(P, opt, X, y, epochs=epochs, rng=np.random.default_rng(seed + 1))
     return demo.evaluate(P, X, y)[0], opt
 
 

@@ -1,6 +1,6 @@
 """Adam on each host backend: the functional call and the bare compiled kernel.
 
-(The cython backend has its own file, bench_cython.py.)
+(The cython backend's loops, ``run``/``bind`` and cold start are in bench_cython.py.)
 """
 
 import numpy as np
@@ -11,7 +11,7 @@ from . import BETAS, DTYPES, EPS, LR, SIZES, SMALL, backend_available, data
 class FunctionalAdam:
     """``fastadam.functional.adam_``: full argument checks every call."""
 
-    params = (["numba", "numpy"], DTYPES, SIZES)
+    params = (["numba", "cython", "numpy"], DTYPES, SIZES)
     param_names = ["backend", "dtype", "size"]
 
     def setup(self, backend, dtype, n):

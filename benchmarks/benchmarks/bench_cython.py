@@ -4,7 +4,7 @@
   compiled-backend contract: array checks + dispatch + loop), numba and cython.
 * ``AdamRun.time_bind``: the bound caller (arrays checked once; per call only the
   scalars and the loop), what the façades use.
-* ``AdamFunctional.time_adam``: ``fastadam.functional.adam_(..., backend=...)``.
+* (``fastadam.functional.adam_`` per backend, cython included: ``bench_backends.py``.)
 * ``CythonLoops.time_loop``: the cython serial and parallel loops at every size (where
   they cross is ``PARALLEL_THRESHOLD``).
 * ``ColdStart.timeraw_*``: a new interpreter: import + first Adam step, per backend
@@ -64,28 +64,6 @@ class AdamRun:
         if self.bound is None:
             raise NotImplementedError("no bind")
         self.bound(*self.scalars)
-
-
-class AdamFunctional:
-    """``fastadam.functional.adam_`` (validation + scalars + kernel) per backend."""
-
-    params = (BACKENDS, ["float32"], SIZES)
-    param_names = ["backend", "dtype", "size"]
-
-    def setup(self, backend, dtype, n):
-        _runner(backend)
-        from fastadam import functional
-        self.f = functional.adam_
-        self.p, self.g = data(n, dtype)
-        self.m, self.v = np.zeros_like(self.p), np.zeros_like(self.p)
-        self.backend = backend
-        self.t = 0
-        self.time_adam()
-
-    def time_adam(self, *args):
-        self.t += 1
-        self.f(self.p, self.g, self.m, self.v, step=self.t, lr=LR, beta1=BETAS[0],
-               beta2=BETAS[1], eps=EPS, backend=self.backend)
 
 
 class CythonLoops:
