@@ -467,7 +467,8 @@ class FlatOptimizer(_TorchOptimizer):
         (``group["betas"][0] = ...``) or a change of type (``amsgrad=1`` for ``True``)
         is validated again, never silently ignored.
         """
-        key = tuple(map(_frozen, self._group_key(group)))
+        vals = self._group_key(group)
+        key = tuple(map(_frozen, vals))
         rec = self._hp_cache.get(gi)
         if rec is not None and rec[0] == key:
             return rec[1]
@@ -475,7 +476,7 @@ class FlatOptimizer(_TorchOptimizer):
         hp = self._group_hparams(group)
         kname = self._scalar(np.dtype(np.float64), **self._full(hp, 1, 0.5))[0]
         out = (hp, kname, _scalars.KERNEL_STATES[kname], self._advances(hp))
-        if not any(isinstance(x, torch.Tensor) for x in self._group_key(group)):
+        if not any(isinstance(x, torch.Tensor) for x in vals):
             self._hp_cache[gi] = (key, out)
         return out
 
