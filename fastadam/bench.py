@@ -10,8 +10,8 @@ Contenders, for float32 Adam (lr=1e-3, betas=(0.9, 0.999), eps=1e-8) on one
 tensor of each size:
 
 * ``roofline``: the fastest loop moving exactly Adam's bytes (reads p, g, m, v;
-  writes p, m, v; trivial math), see :mod:`fastadam._roofline`; the faster of
-  its serial and parallel versions.  ``% roofline`` is its time over a
+  writes p, m, v; trivial math), see :mod:`fastadam._roofline`; the fastest of
+  its four forms (serial or parallel, plain or software-prefetched).  ``% roofline`` is its time over a
   contender's time.
 * ``fastadam step()``: the whole façade call ``fastadam.Adam(...).step()``;
   ``fastadam adam_()``: the functional call; ``fastadam[cython] step()`` when
@@ -25,8 +25,10 @@ Then a GPT-like model (76 tensors, 6,967,296 params: token and position
 embeddings, 6 layers of attention and MLP weights, biases and norms) stepped
 through ``fastadam.torch.Adam`` (when that module exists), the NumPy façade
 over a dict of 76 arrays, and the peers; and every other optimizer (the
-façade ``step()``) against the roofline of its own traffic.  Finally the
-start-up costs: ``import fastadam`` and the first step in a new process with
+façade ``step()``) against the roofline of its own traffic; the
+reduced-precision table (:mod:`fastadam._bench_lowp`: bf16 / int8 state,
+bf16 parameters with master weights and the AMP step at 8M params, against
+issue 8's targets).  Finally the start-up costs: ``import fastadam`` and the first step in a new process with
 a warm numba cache.
 
 Run ``fastadam bench --help`` for the options.
@@ -127,6 +129,11 @@ def add_arguments(parser) -> None:
                         help="leave out torch.optim and DeepSpeedCPUAdam")
     parser.add_argument("--no-optimizers", action="store_true",
                         help="skip the other-optimizers table")
+    parser.add_argument("--lowp-size", type=_size, default=None,
+                        help="size for the reduced-precision / AMP table (default 8M; "
+                             "quick 1M)")
+    parser.add_argument("--no-lowp", action="store_true",
+                        help="skip the reduced-precision / AMP table")
     parser.add_argument("--no-startup", action="store_true",
                         help="skip the import / first-step timings")
     parser.add_argument("--crossover", action="store_true",
@@ -246,13 +253,8 @@ def _data(n: int, dtype, seed: int = 0):
 def _roofline_fns(kernel: str, n: int, dtype):
     from . import _roofline
     arrays = [np.full(n, 0.5, dtype=dtype) for _ in range(_roofline.arrays_for(kernel))]
-    a = np.dtype(dtype).type(1e-12)
-    out = {}
-    for par in (False, True):
-        k = _roofline.get(len(arrays), par)
-        out["roofline " + ("parallel" if par else "serial")] = \
-            (lambda k=k: k(*arrays, a))
-    return out
+    # every form (serial / parallel, plain / prefetched): the tables take the fastest
+    return {"roofline " + k: f for k, f in _roofline.loops(arrays).items()}
 
 
 def _facade(cls_name: str, kwargs: dict, p0, g0, backend="auto"):
@@ -576,11 +578,14 @@ def run(args) -> int:
         opt_labels = ["AdamW", "Adam amsgrad", "RMSprop", "Adagrad", "SGD momentum"]
     do_model = not args.no_model
     do_opts = not args.no_optimizers
+    lowp_size = args.lowp_size or ((1 << 20) if quick else (1 << 23))
+    do_lowp = not args.no_lowp
     steps = (len(sizes) + (1 if do_model else 0) + (len(opt_labels) if do_opts else 0) +
+             (1 if do_lowp else 0) +
              (11 if args.crossover else 0)) * rounds
     progress = Progress(steps, enabled=not args.no_progress)
 
-    results = {"single": [], "model": [], "optimizers": [], "startup": None,
+    results = {"single": [], "model": [], "optimizers": [], "lowp": None, "startup": None,
                "crossover": None}
     try:
         for n in sizes:
@@ -612,6 +617,14 @@ def run(args) -> int:
                 results["optimizers"] += rows
                 del cont
                 gc.collect()
+        if do_lowp:
+            from . import _bench_lowp
+            progress.tick(f"reduced precision {_label(lowp_size)}: preparing")
+            cont = _bench_lowp.contenders(lowp_size)
+            results["lowp"] = _bench_lowp.summarize(
+                lowp_size, interleave(cont, rounds, batch_time, progress, stat))
+            del cont
+            gc.collect()
         if args.crossover:
             results["crossover"] = crossover(rounds, batch_time, progress, stat)
         if not args.no_startup:
@@ -648,6 +661,10 @@ def run(args) -> int:
                          f"{bytes_per_param(r['kernel']):>11} {_fmt_time(r['median_s'])} "
                          f"{_fmt_time(r['roofline_s'])} {r['pct_roofline']:9.0f}%")
         print("\n".join(lines))
+    if results["lowp"]:
+        from ._bench_lowp import format_section
+        print()
+        print(format_section(results["lowp"]))
     if results["crossover"]:
         print("\nnumba Adam kernel, serial vs parallel (PARALLEL_THRESHOLD = "
               f"{m['parallel_threshold']})")

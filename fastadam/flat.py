@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validate import FLOAT_DTYPES
+from .master import param_format
 
 
 @dataclass
@@ -59,8 +60,11 @@ class FlatParams:
     ----------
     params : dict of str -> ndarray, or list/tuple of ndarray
         The arrays to flatten: float32 or float64, any shape, each a distinct
-        array.  Their values are copied once; afterwards :attr:`params` holds
-        views into the flat buffers, in the same container type and order.
+        array; also float16 and ``ml_dtypes.bfloat16`` (low-precision
+        parameters, which :class:`fastadam.Adam` / :class:`fastadam.AdamW`
+        optimize with float32 master weights).  Their values are copied once;
+        afterwards :attr:`params` holds views into the flat buffers, in the
+        same container type and order.
     replace : bool, default False
         Also put the views into the given dict or list (``params[k] = view``),
         so code holding that container sees the flat-backed arrays.
@@ -98,9 +102,10 @@ class FlatParams:
         for k, a in items:
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"parameter {k!r} must be a numpy.ndarray, got {type(a).__name__}")
-            if a.dtype not in FLOAT_DTYPES:
+            if a.dtype not in FLOAT_DTYPES and param_format(a.dtype) is None:
                 raise TypeError(f"parameter {k!r} has dtype {a.dtype}; only float32 and "
-                                "float64 parameters can be optimized")
+                                "float64 parameters can be optimized (and float16 / bfloat16 "
+                                "ones by Adam / AdamW, with float32 master weights)")
             if id(a) in seen:
                 raise ValueError(f"parameter {k!r} is the same array as {seen[id(a)]!r}")
             seen[id(a)] = k

@@ -7,7 +7,9 @@ torch.optim's single-tensor ("for-loop") implementation.
 
 Arrays: NumPy arrays of one dtype (float32 or float64) and one shape,
 C-contiguous; the parameter and state arrays writeable and not overlapping
-anything else.  On the ``cuda`` backend, device arrays exposing
+anything else.  :func:`adam_` also takes float16 (or ``ml_dtypes.bfloat16``)
+parameters with float32 master weights (``master_param=``, see
+:mod:`fastadam.master`).  On the ``cuda`` backend, device arrays exposing
 ``__cuda_array_interface__`` instead.  Every check (arrays and
 hyperparameters) runs before anything is written, so a call that raises
 changes nothing.
@@ -37,7 +39,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
           weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
           max_exp_avg_sq=None, maximize=False, backend="auto", state_dtype="float32",
           exp_avg_scale=None, exp_avg_sq_scale=None, grad_scale=None, clip_coef=None,
-          clip_value=None):
+          clip_value=None, master_param=None, param_rounding="nearest"):
     r"""One Adam / AdamW / AMSGrad step, in place.
 
     .. math::
@@ -80,6 +82,18 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
     grad_scale, clip_coef, clip_value : float, optional
         Fused gradient transform ``g -> clip_coef * clamp(g / grad_scale,
         -clip_value, clip_value)`` (AMP unscaling, norm and value clipping).
+    master_param : ndarray, optional
+        Low-precision parameters: ``param`` float16 (or ``ml_dtypes.bfloat16``)
+        needs ``master_param``, its float32 master weights (same shape,
+        C-contiguous, not overlapping).  The update above runs on
+        ``master_param`` (:math:`\theta` is the master), then
+        ``param = round(master_param)`` in the same pass; ``grad`` has the
+        param's dtype or float32; the moments are float32 (or bf16 with
+        ``state_dtype="bfloat16"``).  Refused (ValueError) with a float32 or
+        float64 ``param``.  See :mod:`fastadam.master`.
+    param_rounding : {"nearest", "stochastic"}, default "nearest"
+        Rounding of ``param`` from the master: to nearest (ties to even), or
+        stochastic (unbiased; reproducible from the step count and index).
 
     Raises
     ------
@@ -87,7 +101,8 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
         On a bad argument, before anything is written.
     """
     if state_dtype != "float32" or grad_scale is not None or clip_coef is not None or \
-            clip_value is not None:
+            clip_value is not None or master_param is not None or param_rounding != "nearest" \
+            or getattr(param, "itemsize", 0) == 2:
         from . import lowp
         return lowp.adam_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
                           beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -95,7 +110,8 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
                           max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
                           state_dtype=state_dtype, exp_avg_scale=exp_avg_scale,
                           exp_avg_sq_scale=exp_avg_sq_scale, grad_scale=grad_scale,
-                          clip_coef=clip_coef, clip_value=clip_value, backend=backend)
+                          clip_coef=clip_coef, clip_value=clip_value, backend=backend,
+                          master_param=master_param, param_rounding=param_rounding)
     hp = _hparams.adam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                        amsgrad=amsgrad, maximize=maximize)

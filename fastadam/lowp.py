@@ -18,7 +18,8 @@ The update is always the float32 Adam rule (:mod:`fastadam.rules.adam`) on
 decoded moments; only what is stored is rounded (codecs in
 :mod:`fastadam.rules.codecs`): bf16 with stochastic rounding (unbiased; a
 pure function of step and index, so reproducible), int8 to nearest.
-Parameters and gradients stay float32.
+Parameters and gradients stay float32 (float16 / bfloat16 parameters with
+float32 master weights: :mod:`fastadam.master`).
 
 Gradient transforms, fused into the step (one pass, no temporaries on the
 numba backend): with ``grad_scale`` ``s``, ``clip_value`` ``c`` and
@@ -37,7 +38,10 @@ Backends: ``numba`` (the fused kernels of :mod:`fastadam.kernels.cpu_lowp`)
 and ``numpy`` (the reference: decode, :func:`fastadam.reference.adam_`,
 encode; independent NumPy bit operations, sharing no code with the codecs).
 float32 state with only ``grad_scale``/``clip_coef`` also runs on ``cython``
-(the factor is folded into the kernels' ``gsign`` scalar).
+(the factor is folded into the kernels' ``gsign`` scalar).  Device arrays
+(``backend="cuda"``, or ``"auto"`` with device arrays) run the kernels of
+:mod:`fastadam.kernels.cuda_lowp`: every state dtype, the transforms, master
+weights, and :func:`grad_stats` (see docs/cuda.md).
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ __all__ = ["STATE_DTYPES", "INT8_BLOCK", "adam_", "grad_stats", "clip_coef", "st
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 _I8_QMAX = 127.0
+
+
+def _is_device(a) -> bool:
+    """A device array: ``__cuda_array_interface__``, or a numba CUDA-simulator array."""
+    return _backends.is_device_array(a) or type(a).__name__ == "FakeCUDAArray"
 
 
 def check_state_dtype(state_dtype) -> str:
@@ -110,10 +119,20 @@ def bf16_encode(x) -> np.ndarray:
     return r
 
 
-def sr_seeds(step: int):
-    """The stochastic-rounding seeds ``(exp_avg, exp_avg_sq)`` of step ``step``."""
+def shift_seed(seed: int, index_base: int) -> int:
+    """The seed that gives element ``i`` of a slice the rounding bits of element
+    ``index_base + i`` of the whole buffer: ``sr_bits(i, shift_seed(s, b)) ==
+    sr_bits(b + i, s)`` (``sr_bits`` hashes ``i * 0x9E3779B1 + seed mod 2**32``)."""
+    return (int(seed) + int(index_base) * 0x9E3779B1) & 0xFFFFFFFF
+
+
+def sr_seeds(step: int, index_base: int = 0):
+    """The stochastic-rounding seeds ``(exp_avg, exp_avg_sq)`` of step ``step``, for
+    arrays whose element 0 is element ``index_base`` of the optimizer's buffers (so
+    that every element has bits of its own, however a step is split into calls)."""
     from .rules.codecs import mix32
-    return mix32(2 * int(step)), mix32(2 * int(step) + 1)
+    return (shift_seed(mix32(2 * int(step)), index_base),
+            shift_seed(mix32(2 * int(step) + 1), index_base))
 
 
 def bf16_encode_sr(x, seed: int) -> np.ndarray:
@@ -238,13 +257,16 @@ def clip_coef(total_norm: float, max_norm: float) -> float:
     return min(1.0, max_norm / (total_norm + 1e-6))
 
 
-def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend="auto"):
+def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend="auto",
+               formats=None):
     """First pass of a scaled / clipped step over gradient buffers: one read of each.
 
     Parameters
     ----------
     grads : sequence of ndarray
-        Flat (1-D contiguous) gradient buffers, float32 or float64.
+        Flat (1-D contiguous) gradient buffers, float32 or float64, or
+        low-precision: float16, ``ml_dtypes.bfloat16``, or uint16 bit patterns
+        with their format in ``formats`` (these are read, never written).
     grad_scale : float, optional
         The gradients hold ``grad_scale * g``; statistics are of ``g``.
     clip_value : float, optional
@@ -252,7 +274,11 @@ def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend=
         applies before norm clipping).
     write : bool, default False
         Store ``clamp(g / grad_scale, -clip_value, clip_value)`` back into each
-        buffer (used where the transform cannot be fused into the update).
+        buffer (used where the transform cannot be fused into the update;
+        float32 / float64 buffers only).
+    formats : sequence of {None, "float16", "bfloat16"}, optional
+        Per buffer, the low-precision format of a uint16 buffer (None: from
+        its dtype).
 
     Returns
     -------
@@ -262,19 +288,40 @@ def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend=
     finite : bool
         Whether every raw gradient element is finite.
     """
+    from . import master as _master
     gscale, clip = _transform_scalars(grad_scale, None, clip_value)
     total, finite = 0.0, True
-    for g in grads:
-        if not isinstance(g, np.ndarray) or g.ndim != 1 or not g.flags.c_contiguous or \
-                g.dtype not in _v.FLOAT_DTYPES:
-            raise TypeError("grads must be 1-D contiguous float32/float64 numpy arrays")
+    grads = list(grads)
+    formats = [None] * len(grads) if formats is None else list(formats)
+    if backend == "cuda" or any(_is_device(g) for g in grads):
+        # device buffers: one reduction kernel each, one small copy back
+        be = _backends.resolve("cuda" if backend == "auto" else backend, None)
+        if be.name != "cuda":
+            raise TypeError("grads must be 1-D contiguous numpy arrays (device arrays need "
+                            "backend 'auto' or 'cuda')")
+        from .kernels import cuda_lowp
+        return cuda_lowp.grad_stats(grads, formats, gscale, clip, bool(write))
+    for i, g in enumerate(grads):
+        if not isinstance(g, np.ndarray) or g.ndim != 1 or not g.flags.c_contiguous:
+            raise TypeError("grads must be 1-D contiguous numpy arrays")
+        fmt = formats[i] or _master.param_format(g.dtype)
+        if fmt is not None and g.itemsize == 2:
+            if write:
+                raise ValueError("write=True needs float32/float64 gradients")
+            formats[i] = fmt
+        elif g.dtype not in _v.FLOAT_DTYPES:
+            raise TypeError("grads must be float32/float64 (or float16 / bfloat16) arrays")
     be = None
-    for g in grads:
+    for g, fmt in zip(grads, formats):
         if g.size == 0:
             continue
         if be is None:
             be = _backends.resolve(backend, g)
-        if be.name == "numba" and g.dtype == np.float32:
+        if fmt is not None:
+            s, ok = _master.lo_grad_stats(g, fmt, gscale, clip, be.name)
+            total += s
+            finite = finite and ok
+        elif be.name == "numba" and g.dtype == np.float32:
             from .kernels import cpu_lowp
             f = np.float32
             s, bad = cpu_lowp.run("grad_sumsq", (g,), (f(gscale), f(clip), bool(write)))
@@ -332,7 +379,8 @@ def _check_arrays(param, grad, state, state_dtype):
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
           weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sq=None,
           maximize=False, state_dtype="bfloat16", exp_avg_scale=None, exp_avg_sq_scale=None,
-          grad_scale=None, clip_coef=None, clip_value=None, backend="auto"):
+          grad_scale=None, clip_coef=None, clip_value=None, backend="auto",
+          master_param=None, param_rounding="nearest"):
     r"""One Adam / AdamW step with reduced-precision state and/or a fused gradient transform.
 
     :func:`fastadam.functional.adam_` calls this when ``state_dtype`` is not
@@ -376,7 +424,18 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
         ``c >= 0``: clip by value.
     backend : str, default "auto"
         ``numba`` or ``numpy``; ``cython`` only for float32 state without
-        ``clip_value``.
+        ``clip_value`` (and float32 / float64 parameters); ``cuda`` for device
+        arrays (``"auto"`` picks it for them; AMSGrad with ``clip_value`` is
+        refused there).
+    master_param : ndarray, optional
+        float32 master weights of a low-precision ``param`` (NumPy float16 or
+        ``ml_dtypes.bfloat16``; required then, refused for a float32 param):
+        the rule above runs on ``master_param`` and ``param`` is written as
+        its rounding, in the same pass (:mod:`fastadam.master`).  ``grad``
+        then has the param's dtype or float32; state ``"float32"`` or
+        ``"bfloat16"``.
+    param_rounding : {"nearest", "stochastic"}, default "nearest"
+        How ``param`` is rounded from ``master_param``.
 
     Raises
     ------
@@ -393,6 +452,36 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
         raise ValueError(f"amsgrad=True is not supported with state_dtype={state_dtype!r}")
     gscale, clip = _transform_scalars(grad_scale, clip_coef, clip_value)
     state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    from . import master as _master
+    rounding = _master.check_rounding(param_rounding)
+    if backend == "cuda" or (backend == "auto" and _is_device(param)):
+        # device arrays: fastadam.kernels.cuda_lowp validates them all, then launches
+        if hp["amsgrad"] and max_exp_avg_sq is None:
+            raise ValueError("amsgrad=True needs the max_exp_avg_sq array")
+        be = _backends.resolve(backend, param)
+        from .kernels import cuda_lowp
+        state.update(exp_avg_scale=exp_avg_scale, exp_avg_sq_scale=exp_avg_sq_scale,
+                     max_exp_avg_sq=max_exp_avg_sq)
+        cuda_lowp.adam_(param, grad, state, master_param, hp, state_dtype=state_dtype,
+                        gscale=gscale, clip=clip, rounding=rounding)
+        return
+    lowp_param = isinstance(param, np.ndarray) and _master.param_format(param.dtype) is not None
+    if master_param is not None or lowp_param:
+        if master_param is None:
+            raise TypeError(f"param has dtype {param.dtype}: low-precision parameters need "
+                            "master_param (float32 master weights of the same shape); "
+                            "without it param must have dtype float32 or float64")
+        if hp["amsgrad"]:
+            raise ValueError("amsgrad=True is not supported with low-precision parameters "
+                             "(master weights)")
+        arrays, fmt = _master.check_arrays(param, grad, master_param, state, state_dtype)
+        be = _backends.resolve(backend, param)
+        step_arrays(be, "adam", arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
+                    param_format=fmt, param_rounding=rounding)
+        return
+    if rounding != "nearest":
+        raise ValueError("param_rounding applies to low-precision parameters with "
+                         "master_param only")
     if state_dtype == "int8":
         state["exp_avg_scale"] = exp_avg_scale
         state["exp_avg_sq_scale"] = exp_avg_sq_scale
@@ -413,17 +502,39 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
     step_arrays(be, "adam", arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip)
 
 
-def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=math.inf):
+def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=math.inf,
+                param_format=None, param_rounding="nearest", index_base=0):
     """Run one validated step on flat arrays with a gradient transform (internal).
 
     ``be`` a resolved backend, ``opt`` the :mod:`fastadam._scalars` step name,
     ``arrays`` flat arrays by state name, ``hp`` validated hyperparameters,
     ``g -> clamp(g * gscale, clip)`` before the rule.  Used by :func:`adam_` and
     the façade; fastadam.torch can call it with ``.numpy()`` views of flat
-    CPU tensors.
+    CPU tensors.  With ``master_param`` among the arrays (low-precision
+    parameters, :mod:`fastadam.master`), ``param_format`` names the format of
+    ``param`` (taken from its dtype when None; uint16 bits need it).
+    ``index_base``: the index of these arrays' element 0 among all the elements the
+    caller steps (a slice of a flat buffer, the buffers of several groups), so that
+    stochastic rounding draws different bits for every element (:func:`sr_seeds`).
     """
     p = arrays["param"]
+    if be.name == "cuda" and opt == "adam":
+        from .kernels import cuda_lowp
+        cuda_lowp.step_arrays(arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
+                              param_format=param_format, param_rounding=param_rounding,
+                              index_base=index_base)
+        return
     if p.shape[0] == 0:
+        return
+    if "master_param" in arrays:
+        from . import master as _master
+        if opt != "adam":
+            raise TypeError(f"low-precision parameters (master weights) are supported by "
+                            f"Adam / AdamW only, not {opt!r}")
+        fmt = param_format or _master.param_format(p.dtype)
+        _master.step_arrays(be, arrays, hp, fmt=fmt, rounding=param_rounding,
+                            state_dtype=state_dtype, gscale=gscale, clip=clip,
+                            index_base=index_base)
         return
     lowp = state_dtype != "float32"
     if opt != "adam" and lowp:
@@ -435,7 +546,7 @@ def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=
         f = np.float32
         if state_dtype == "bfloat16":
             a, k = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"]), "adam_bf16"
-            sm, sv = sr_seeds(hp["step"])
+            sm, sv = sr_seeds(hp["step"], index_base)
             pre = (np.uint32(sm), np.uint32(sv), f(gscale), f(clip))
         elif state_dtype == "int8":
             a = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
@@ -472,7 +583,7 @@ def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=
     m, v = st["exp_avg"], st["exp_avg_sq"]
     reference.adam_(p, g, m, v, None, **hp)
     if state_dtype == "bfloat16":
-        sm, sv = sr_seeds(hp["step"])
+        sm, sv = sr_seeds(hp["step"], index_base)
         arrays["exp_avg"][...] = bf16_encode_sr(m, sm)
         arrays["exp_avg_sq"][...] = bf16_encode_sr(v, sv)
     else:
@@ -483,29 +594,44 @@ def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=
 # --- the façade's side ------------------------------------------------------------------
 
 class StateBackend:
-    """A backend wrapper that runs Adam with reduced-precision state (internal).
+    """A backend wrapper that runs Adam with reduced-precision state and/or
+    low-precision parameters with master weights (internal).
 
     The façade calls ``backend.step(opt, arrays, hp)`` per flat buffer; this
-    wrapper sends that to :func:`step_arrays` with its ``state_dtype``.  It has
+    wrapper sends that to :func:`step_arrays` with its ``state_dtype`` and
+    ``param_rounding`` (a buffer whose arrays hold ``master_param`` takes the
+    master-weight step).  It has
     no ``bind``, so the façade's hot path calls ``step`` each time.
     """
 
     device = False
 
-    def __init__(self, inner, state_dtype):
+    def __init__(self, inner, state_dtype, param_rounding="nearest"):
         if inner.name not in ("numba", "numpy"):
+            what = (f"state_dtype={state_dtype!r}" if state_dtype != "float32" else
+                    "low-precision parameters (master weights)")
             raise _backends.BackendUnavailableError(
-                f"state_dtype={state_dtype!r} is implemented on the numba and numpy backends, "
-                f"not {inner.name!r}")
+                f"{what} is implemented on the numba and numpy backends, not {inner.name!r}")
         self.inner = inner
         self.name = inner.name
         self.state_dtype = state_dtype
+        self.param_rounding = param_rounding
+        #: address of a flat parameter buffer -> index of its element 0 among all the
+        #: optimizer's elements (stochastic rounding draws distinct bits per element;
+        #: set by the façade, see fastadam.optim.adam.Adam._wrap_backend)
+        self.bases = {}
+
+    def index_base(self, param) -> int:
+        """The stochastic-rounding index base of flat buffer ``param`` (0 if unknown)."""
+        return self.bases.get(param.ctypes.data, 0) if self.bases else 0
 
     def check(self, named, outputs):  # pragma: no cover - the façade owns its arrays
         return self.inner.check(named, outputs)
 
     def step(self, opt, arrays, hp):
-        step_arrays(self.inner, opt, arrays, hp, state_dtype=self.state_dtype)
+        step_arrays(self.inner, opt, arrays, hp, state_dtype=self.state_dtype,
+                    param_rounding=self.param_rounding,
+                    index_base=self.index_base(arrays["param"]))
 
 
 def _found_inf_value(found_inf) -> bool:
@@ -539,8 +665,8 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
     skip = found_inf is not None and _found_inf_value(found_inf)
     plan = []
     for gi, group in enumerate(opt.param_groups):
-        spec = opt._state_spec(group)
         for fb in opt.flat[gi].buffers:
+            spec = opt._buffer_spec(group, fb)
             st = opt.state[gi][str(fb.dtype)]
             hp = opt._hparams(group, st, st["step"] + 1)
             plan.append((gi, group, fb, st, spec, hp))
@@ -549,9 +675,13 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
         return
     be = opt._backend
     state_dtype = getattr(be, "state_dtype", "float32")
+    rounding = getattr(be, "param_rounding", "nearest")
     be = getattr(be, "inner", be)
+    from . import master as _master
 
     def fusable(fb, group):
+        if _master.param_format(fb.dtype) is not None:    # master weights: always fused
+            return True
         return (be.name == "numba" and opt._opt == "adam" and fb.dtype == np.float32
                 and not group.get("amsgrad"))
 
@@ -585,6 +715,8 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
             gscale, clip = coef, math.inf
         else:
             gscale, clip = _transform_scalars(grad_scale, coef, clip_value)
-        step_arrays(be, opt._opt, arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip)
+        base = opt._backend.index_base(fb.data) if hasattr(opt._backend, "index_base") else 0
+        step_arrays(be, opt._opt, arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
+                    param_rounding=rounding, index_base=base)
         st["step"] += 1
         opt._after_step(group, st, hp)

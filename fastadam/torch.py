@@ -58,7 +58,9 @@ raise ``TypeError``.
 ``foreach`` and ``fused`` are accepted and have no effect (fastadam is always
 fused).  ``capturable=True`` and ``differentiable=True`` raise
 :class:`NotImplementedError`.  Parameters must be float32 or float64, on the
-CPU or a CUDA device.  Importing this module imports torch; ``import
+CPU or a CUDA device; Adam and AdamW also take float16 / bfloat16 CPU
+parameters, updated through float32 master weights (``param_rounding``,
+:mod:`fastadam.master`).  Importing this module imports torch; ``import
 fastadam`` alone does not.
 """
 
@@ -93,6 +95,13 @@ __all__ = ["Adam", "AdamW", "RMSprop", "Adagrad", "SGD", "Adadelta", "NAdam", "A
 _IN_PLACE_MIN = 16384
 
 _NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+#: Low-precision parameter dtypes (Adam / AdamW, float32 master weights, CPU) -> format
+_LOWP_PARAMS = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _u16(t):
+    """The uint16 NumPy view of a 2-byte CPU tensor's bits (float16 / bfloat16)."""
+    return t.view(torch.int16).numpy().view(np.uint16)
 
 
 def _frozen(v):
@@ -166,13 +175,15 @@ class _Bucket:
     __slots__ = ("gi", "dtype", "np_dtype", "device", "cuda", "params", "offsets", "data",
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
-                 "backend", "run", "gnp", "sdt")
+                 "backend", "run", "gnp", "sdt", "fmt", "base")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
         self.gi = gi
         self.dtype = p0.dtype
-        self.np_dtype = _NP_DTYPES[p0.dtype]
+        # low-precision parameters: float32 master weights, scalars and state
+        self.fmt = _LOWP_PARAMS.get(p0.dtype)
+        self.np_dtype = _NP_DTYPES[torch.float32 if self.fmt else p0.dtype]
         self.device = p0.device
         self.cuda = p0.device.type == "cuda"
         self.params = list(params)
@@ -207,8 +218,9 @@ class _Bucket:
         self.steps = self.steps_t.numpy()
         self.mu_t = self.mu = None
         self.host = {"param": self._host(self.data), "grad": self._host(self.grad)}
-        # NumPy views of each parameter's slice of the flat gradient (CPU)
-        self.gnp = None if self.cuda else [g.numpy() for g in self.gviews]
+        # NumPy views of each parameter's slice of the flat gradient (CPU; None for
+        # low-precision buffers, whose gradients torch copies)
+        self.gnp = None if self.cuda or self.fmt else [g.numpy() for g in self.gviews]
         self.arrays = {}     # kernel name -> tuple of arrays in the kernel's order
         self.uniform = True  # every parameter has the same step count (and mu_product)
         self.started = [False] * len(params)
@@ -217,14 +229,21 @@ class _Bucket:
         self.run = getattr(backend, "run", None)
 
     def _host(self, t):
-        return t if self.cuda else t.numpy()
+        if self.cuda:
+            return t
+        return _u16(t) if t.dtype in _LOWP_PARAMS else t.numpy()
 
     def ensure_state(self, name, fill):
         if name in self.state:
             return
         o = self.offsets
-        if self.sdt == "float32":
-            t = _flat_tensor(o[-1], self.dtype, self.device, fill)
+        if name == "master_param":          # float32 master weights: the parameters' values
+            t = _flat_tensor(o[-1], torch.float32, self.device)
+            with torch.no_grad():
+                t.copy_(self.data)
+        elif self.sdt == "float32":
+            t = _flat_tensor(o[-1], torch.float32 if self.fmt else self.dtype, self.device,
+                             fill)
         else:                               # every encoding of 0 is all-zero bits
             dt = _LOWP_TORCH[self.sdt][name]
             t = _flat_tensor(o[-1] // _BLOCK if name in _SCALES else o[-1], dt, self.device, 0)
@@ -236,8 +255,7 @@ class _Bucket:
             self.sviews[name] = [t[o[i]:o[i] + p.numel()].view(p.shape)
                                  for i, p in enumerate(self.params)]
         # bf16 state: torch.bfloat16 tensors; the kernels see the same bits as uint16
-        self.host[name] = (t.view(torch.int16).numpy().view(np.uint16)
-                           if t.dtype == torch.bfloat16 else self._host(t))
+        self.host[name] = self._host(t)
         self.arrays.clear()
         self.started = [False] * len(self.params)
         self.all_started = False
@@ -379,9 +397,16 @@ class FlatOptimizer(_TorchOptimizer):
             if not isinstance(p, torch.Tensor):
                 raise TypeError("optimizer can only optimize Tensors, but one of the params "
                                 f"is {torch.typename(p)}")
-            if p.dtype not in _NP_DTYPES:
-                raise TypeError(f"fastadam.torch optimizes float32 and float64 tensors; "
-                                f"parameter {i} of the group has dtype {p.dtype}")
+            lowp = p.dtype in _LOWP_PARAMS
+            if lowp and self._opt != "adam":
+                raise TypeError(f"fastadam.torch.{type(self).__name__} optimizes float32 and "
+                                f"float64 tensors; parameter {i} of the group has dtype "
+                                f"{p.dtype} (float16 / bfloat16 parameters are supported by "
+                                "Adam and AdamW, with float32 master weights)")
+            if p.dtype not in _NP_DTYPES and not lowp:
+                raise TypeError(f"fastadam.torch optimizes float32 and float64 tensors (and "
+                                f"float16 / bfloat16 ones with Adam / AdamW); parameter {i} "
+                                f"of the group has dtype {p.dtype}")
             if p.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"fastadam.torch runs on CPU and CUDA tensors; parameter {i} "
                                 f"of the group is on {p.device}")
@@ -393,8 +418,20 @@ class FlatOptimizer(_TorchOptimizer):
                     "torch.optim for DTensor parameters")
             if p.is_sparse or p.layout != torch.strided:
                 raise TypeError(f"parameter {i} of the group is not a dense (strided) tensor")
+            if lowp:
+                if p.device.type != "cpu":
+                    raise _backends.BackendUnavailableError(
+                        f"{p.dtype} parameters (master weights) run on CPU tensors in "
+                        f"fastadam.torch; parameter {i} of the group is on {p.device} (on "
+                        "CUDA, fastadam.functional.adam_ takes them with master_param=)")
+                if self._state_dtype == "int8":
+                    raise ValueError(f"state_dtype='int8' is not supported with {p.dtype} "
+                                    "parameters (master weights); use 'float32' or 'bfloat16'")
+                if merged.get("amsgrad"):
+                    raise ValueError(f"amsgrad=True is not supported with {p.dtype} parameters "
+                                     "(master weights)")
             if self._state_dtype != "float32":
-                if p.dtype != torch.float32:
+                if p.dtype != torch.float32 and not lowp:
                     raise TypeError(f"state_dtype={self._state_dtype!r} needs float32 "
                                     f"parameters; parameter {i} of the group has dtype "
                                     f"{p.dtype}")
@@ -412,6 +449,10 @@ class FlatOptimizer(_TorchOptimizer):
                 raise _backends.BackendUnavailableError(
                     f"state_dtype={self._state_dtype!r} is implemented on the numba and numpy "
                     f"backends, not {be.name!r}")
+            if lowp and be.name not in ("numba", "numpy"):
+                raise _backends.BackendUnavailableError(
+                    f"{p.dtype} parameters (master weights) are implemented on the numba and "
+                    f"numpy backends, not {be.name!r}")
         super().add_param_group(param_group)
         self._flatten_group(len(self.param_groups) - 1)
 
@@ -442,6 +483,9 @@ class FlatOptimizer(_TorchOptimizer):
         for plist in by_key.values():
             b = _Bucket(gi, plist, self._backend_for(plist[0].device), _get_scalar_dtype(),
                         self._state_dtype)
+            # stochastic rounding: element k of this bucket draws the bits of element
+            # base + k of all the buckets, so no two buckets share a stream
+            b.base = sum(x.offsets[-1] for x in self._buckets)
             if self._needs_mu:
                 b.mu_t = torch.ones(len(plist), dtype=torch.float64)
                 b.mu = b.mu_t.numpy()
@@ -601,12 +645,14 @@ class FlatOptimizer(_TorchOptimizer):
         check_inf = max_norm is not None or (gs is not None and found_inf is None)
         sumsq, finite = 0.0, True
         if check_inf:
-            grads = []
+            grads, formats = [], []
             for b, _, _, _, runs in plans:
                 o = b.offsets
                 grads.extend(b.host["grad"][o[a]:o[z]] if g is None else
-                             g.detach().reshape(-1).numpy() for a, z, g in runs)
-            sumsq, finite = _lowp.grad_stats(grads, grad_scale=gs, clip_value=clip_value)
+                             b._host(g.detach().reshape(-1)) for a, z, g in runs)
+                formats.extend(b.fmt for _ in runs)
+            sumsq, finite = _lowp.grad_stats(grads, grad_scale=gs, clip_value=clip_value,
+                                             formats=formats)
         self.last_grad_norm = math.sqrt(sumsq) if max_norm is not None else None
         if check_inf and not finite:
             self.skipped_steps += 1
@@ -715,6 +761,14 @@ class FlatOptimizer(_TorchOptimizer):
     def _prepare(self, b, rec, readopt, copies, runs):
         """Moved parameters and foreign gradients into place; returns what to copy back."""
         copy_back = ()
+        if readopt and b.fmt and "master_param" in b.state:
+            # a low-precision parameter given new values (p.data = ...): its master takes
+            # them, else the step would rewrite the parameter from the stale master
+            m, o = b.state["master_param"], b.offsets
+            with torch.no_grad():
+                for i in readopt:
+                    p = b.params[i].detach()
+                    m[o[i]:o[i] + p.numel()].copy_(p.reshape(-1))
         if readopt and not self._adopt(b):
             # An engine owns these parameters' storage now (ZeroRedundancyOptimizer's
             # parameter buckets, FSDP's shards) and keeps reading it: step a copy and write
@@ -770,10 +824,11 @@ class FlatOptimizer(_TorchOptimizer):
         """The kernel calls of one bucket's step (its runs of parameters)."""
         arrays = b.arrays.get(kname)
         if arrays is None:
-            for name in names + (_SCALES if b.sdt == "int8" else ()):
+            for name in names + (_SCALES if b.sdt == "int8" else ()) + (
+                    ("master_param",) if b.fmt else ()):
                 b.ensure_state(name, self._fill(name))
             arrays = b.kernel_arrays(kname)
-        special = b.sdt != "float32" or self._xf is not None
+        special = b.sdt != "float32" or self._xf is not None or b.fmt is not None
         steps = b.steps
         n = len(b.params)
         if len(runs) == 1 and runs[0][1] - runs[0][0] == n and runs[0][2] is None:
@@ -796,7 +851,7 @@ class FlatOptimizer(_TorchOptimizer):
                 lo, hi = offs[a], offs[z]
                 if g is not None:
                     g = g.detach().reshape(-1)
-                    g = g if b.cuda else g.numpy()
+                    g = g if b.cuda else b._host(g)
                 if special:
                     self._call_x(b, names, self._scalars_of(b, hp, t, mu, memo)[0], lo, hi, g)
                 else:
@@ -832,7 +887,7 @@ class FlatOptimizer(_TorchOptimizer):
         On CPU with NumPy (a plain memcpy on this thread): a torch copy would wake
         torch's OpenMP pool between backward and the kernel's own thread pool.
         """
-        if not b.cuda:
+        if not b.cuda and b.gnp is not None:
             views = b.gnp
             try:
                 srcs = [g.detach().numpy() for _, g in copies]
@@ -856,9 +911,13 @@ class FlatOptimizer(_TorchOptimizer):
         if b.sdt == "int8":                 # lo, hi are multiples of the block size
             for name in _SCALES:
                 named[name] = h[name][lo // _BLOCK:-(-hi // _BLOCK)]
+        if b.fmt:
+            named["master_param"] = h["master_param"][lo:hi]
         gscale, clip = self._xf or (1.0, math.inf)
         _lowp.step_arrays(b.backend, self._opt, named, fhp, state_dtype=b.sdt, gscale=gscale,
-                          clip=clip)
+                          clip=clip, param_format=b.fmt,
+                          param_rounding=getattr(self, "_param_rounding", "nearest"),
+                          index_base=b.base + lo)
 
     def _call(self, b, kname, arrays, sc):
         """One kernel call over ``arrays`` (a run of parameters sharing one step)."""
@@ -965,11 +1024,11 @@ class FlatOptimizer(_TorchOptimizer):
                                          "a count >= 0)")
                 elif key == "mu_product" and self._needs_mu:
                     mu = _v.real("mu_product", _num("mu_product", val))
-                elif key in known:
+                elif key in known or (key == "master_param" and b.fmt):
                     if not isinstance(val, torch.Tensor):
                         raise TypeError(f"state {key!r} of parameter {k!r} must be a Tensor, "
                                         f"got {type(val).__name__}")
-                    self._check_state_dtype(k, key, val)
+                    self._check_state_dtype(k, key, val, b.fmt)
                     want = _lowp.nblocks(p.numel()) if key in _SCALES else p.numel()
                     if val.numel() != want or val.is_complex():
                         raise ValueError(f"state {key!r} of parameter {k!r} has {val.numel()} "
@@ -1004,7 +1063,10 @@ class FlatOptimizer(_TorchOptimizer):
             if b.mu is not None:
                 b.mu[:] = 1.0
             for name, t in b.state.items():
-                t.fill_(self._fill(name))
+                if name == "master_param":      # unless loaded: the parameters' values
+                    t.copy_(b.data)
+                else:
+                    t.fill_(self._fill(name))
             b.started = [False] * len(b.params)
             b.all_started = False
         for gi, new in enumerate(new_groups):
@@ -1032,11 +1094,19 @@ class FlatOptimizer(_TorchOptimizer):
     def _fix_loaded_group(self, group):
         pass
 
-    def _check_state_dtype(self, k, key, val):
-        """A saved state tensor must have this optimizer's ``state_dtype`` storage."""
+    def _check_state_dtype(self, k, key, val, fmt=None):
+        """A saved state tensor must have this optimizer's ``state_dtype`` storage.
+
+        ``fmt``: the parameter's low-precision format, if any: its ``master_param``
+        is any floating tensor, and float32 moments may come as the parameter's
+        dtype (torch.optim keeps a bfloat16 parameter's moments in bfloat16).
+        """
         sd = self._state_dtype
         lowp_dtypes = (torch.bfloat16, torch.int8, torch.uint8)
-        if sd == "float32":
+        if key == "master_param" or (fmt and sd == "float32"):
+            ok = val.is_floating_point() and key not in _SCALES
+            want = "a floating-point tensor"
+        elif sd == "float32":
             ok = val.is_floating_point() and val.dtype not in lowp_dtypes and key not in _SCALES
             want = "a float32/float64 tensor"
         else:
@@ -1108,12 +1178,22 @@ class Adam(FlatOptimizer):
     clip_value : float, optional
         Clamp each gradient element to ``[-clip_value, clip_value]`` (before the
         norm clipping), as ``clip_grad_value_``.  Keyword only; CPU only.
+    param_rounding : {"nearest", "stochastic"}, default "nearest"
+        ``torch.float16`` / ``torch.bfloat16`` parameters (CPU, numba or numpy
+        backend, state_dtype ``"float32"`` or ``"bfloat16"``, no amsgrad) are
+        updated through float32 master weights ``w`` (per-parameter state
+        ``master_param``): the rule above runs on ``w`` with the decoded
+        gradient, then :math:`\theta \leftarrow \mathrm{round}(w)` in the same
+        pass, to nearest even or stochastically (unbiased, reproducible).
+        ``torch.amp.GradScaler`` works with them (float16 included: the
+        unscaling is fused into the step).  See :mod:`fastadam.master`.
     {common}
     Notes
     -----
     State per parameter (``optimizer.state[p]``, views of flat buffers):
     ``step``, ``exp_avg``, ``exp_avg_sq`` and with amsgrad ``max_exp_avg_sq``
-    (int8 state: also ``exp_avg_scale``, ``exp_avg_sq_scale``).
+    (int8 state: also ``exp_avg_scale``, ``exp_avg_sq_scale``; float16 / bfloat16
+    parameters: also ``master_param``, float32).
 
     With ``torch.amp.GradScaler`` (``grad_scale`` :math:`s`, ``found_inf``) and
     clipping (``clip_value`` :math:`c`, norm factor
@@ -1139,9 +1219,12 @@ class Adam(FlatOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
-                 backend="auto", state_dtype="float32", max_grad_norm=None, clip_value=None):
+                 backend="auto", state_dtype="float32", max_grad_norm=None, clip_value=None,
+                 param_rounding="nearest"):
         if isinstance(betas, (tuple, list)) and len(betas) == 2:
             betas = tuple(betas)
+        from . import master as _master
+        self._param_rounding = _master.check_rounding(param_rounding)
         _lowp._transform_scalars(None, None, clip_value)          # validate
         if max_grad_norm is not None:
             _v.nonneg("max_grad_norm", max_grad_norm, "max_grad_norm value")
@@ -1159,10 +1242,43 @@ class Adam(FlatOptimizer):
         """Storage of the moments: ``"float32"``, ``"bfloat16"`` or ``"int8"``."""
         return self._state_dtype
 
+    @property
+    def param_rounding(self) -> str:
+        """Rounding of float16 / bfloat16 parameters from their master weights."""
+        return self._param_rounding
+
+    def sync_master(self) -> int:
+        """Re-read the float32 master weights from the float16 / bfloat16 parameters.
+
+        The master (state ``master_param``) is the authoritative copy: each step
+        updates it and rewrites the parameter from it, so a change made to the
+        parameters from outside the optimizer once the master exists (say
+        ``model.load_state_dict(...)`` in the middle of training, or
+        re-initializing a layer) is overwritten at the next step.  Call this after
+        such a change: every master becomes the exact float32 value of its
+        parameter (moments and step counts are kept).  Loading this optimizer's
+        own ``state_dict`` needs no call (it carries the masters).  Returns the
+        number of elements re-read.
+        """
+        count = 0
+        with torch.no_grad():
+            for b in self._buckets:
+                t = b.state.get("master_param") if b.fmt else None
+                if t is not None:
+                    t.copy_(b.data)
+                    count += t.numel()
+        return count
+
     def _group_hparams(self, g):
         if g["amsgrad"] and self._state_dtype != "float32":
             raise ValueError(f"amsgrad=True is not supported with state_dtype="
                              f"{self._state_dtype!r}")
+        if g["amsgrad"] and any(b.fmt and self.param_groups[b.gi] is g
+                                for b in getattr(self, "_buckets", ())):
+            # checked while planning a step (amsgrad set after construction, or loaded):
+            # before any bucket is stepped
+            raise ValueError("amsgrad=True is not supported with float16 / bfloat16 "
+                             "parameters (master weights)")
         b1, b2 = _betas(g)
         hp = _hparams.adam(step=1, lr=_num("lr", g["lr"]), beta1=b1, beta2=b2, eps=g["eps"],
                            weight_decay=_num("weight_decay", g["weight_decay"]),
@@ -1192,7 +1308,7 @@ class AdamW(Adam):
     weight_decay : float, default 1e-2
     amsgrad : bool, default False
     maximize : bool, default False
-    state_dtype, max_grad_norm, clip_value
+    state_dtype, max_grad_norm, clip_value, param_rounding
         As :class:`Adam` (keyword only).
     {common}
     """
@@ -1200,13 +1316,13 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, backend="auto", state_dtype="float32",
-                 max_grad_norm=None, clip_value=None):
+                 max_grad_norm=None, clip_value=None, param_rounding="nearest"):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, backend=backend,
                          state_dtype=state_dtype, max_grad_norm=max_grad_norm,
-                         clip_value=clip_value)
+                         clip_value=clip_value, param_rounding=param_rounding)
 
     def _fix_loaded_group(self, group):
         group["decoupled_weight_decay"] = True   # as torch.optim.AdamW.__setstate__

@@ -15,7 +15,7 @@ def test_bench_quick_tiny(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     rc = cli.main(["bench", "--quick", "--sizes", "1K,4K", "--rounds", "2", "--batch-time",
                    "0.0005", "--no-model", "--no-startup", "--no-peers", "--opt-size", "2K",
-                   "--json", str(out_json), "--no-progress"])
+                   "--lowp-size", "3K", "--json", str(out_json), "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "Adam, float32, one tensor" in text
@@ -34,6 +34,16 @@ def test_bench_quick_tiny(tmp_path, capsys):
     kernels = {r["kernel"] for r in res["optimizers"]}
     assert {"adam", "adam_amsgrad", "rmsprop", "adagrad", "sgd_momentum"} <= kernels
     assert res["meta"]["cpus"] >= 1 and res["meta"]["rounds"] == 2
+    # the reduced-precision table: ratios recomputed from the reported times
+    assert "Reduced precision and AMP" in text
+    low = res["lowp"]
+    assert low["size"] == 3072
+    names = {r["contender"] for r in low["rows"]}
+    assert {"adam fp32 state", "adam bf16 state", "adam int8 state"} <= names
+    for r in low["rows"]:
+        assert math.isclose(r["vs_fp32_roofline"], low["roofline_s"] / r["median_s"])
+        assert math.isclose(r["bytes_ratio"], 28 / r["bytes_per_param"])
+    assert math.isclose(low["amp_pct"], 100 * low["roofline_amp_s"] / low["amp_s"])
 
 
 def test_interleave_median_and_order():
@@ -65,15 +75,19 @@ def test_gpt_shapes_match_the_anchor_model():
         + 2 * d == 6_967_296
 
 
+@pytest.mark.parametrize("variant", sorted(_roofline.VARIANTS))
 @pytest.mark.parametrize("kernel", sorted(_roofline.TRAFFIC))
-def test_roofline_moves_the_kernels_bytes(kernel):
-    """Each roofline loop reads every array it gets and writes all but the gradient."""
+def test_roofline_moves_the_kernels_bytes(kernel, variant):
+    """Each roofline loop, in every form, reads every array it gets and writes all but
+    the gradient, every element (sizes past a sub-block and a chunk of the prefetched form)."""
     from fastadam import _scalars
     reads, writes = _roofline.TRAFFIC[kernel]
     assert reads == 2 + len(_scalars.KERNEL_STATES[kernel]) and writes == reads - 1
-    arrays = [np.full(37, 1.0, np.float32) for _ in range(reads)]
+    par, pre = _roofline.VARIANTS[variant]
+    n = 37 if not pre else 3 * 4096 + 37
+    arrays = [np.full(n, 1.0, np.float32) for _ in range(reads)]
     arrays[1][...] = 2.0                                  # the gradient
-    _roofline.get(reads, False)(*arrays, np.float32(0.5))
+    _roofline.get(reads, par, prefetch=pre)(*arrays, np.float32(0.5))
     assert np.all(arrays[1] == 2.0)                       # read only
     for a in arrays[:1] + arrays[2:]:
         assert np.all(a == 2.0)                           # 1 + 0.5 * 2: read and written

@@ -3,6 +3,8 @@
 * Float discipline: the LLVM IR of every float32 kernel does no double-precision
   arithmetic (a silent float64 promotion costs ~40% of the memory roofline), and
   its machine code uses packed (SIMD) float32 instructions.
+* Above ``_blocked.MIN_BYTES`` the parallel kernels run in the prefetched sub-block
+  form of :mod:`fastadam.kernels._blocked`: bit for bit the plain serial loop.
 * A step never recompiles: the dispatchers' signatures do not grow over steps of
   one dtype, whatever the step count or learning rate.
 * ``import fastadam`` imports neither numba nor torch.
@@ -105,6 +107,104 @@ def test_the_checks_can_fail():
     promoted.compile(sig)
     funcs = _kernel_functions(promoted.inspect_llvm(sig))
     assert any(DOUBLE_MATH.search(body) for body in funcs.values())
+
+
+# -- the prefetched sub-block form ------------------------------------------------------
+def _kernel_scalars(name, dtype):
+    """Scalars of kernel ``name`` for typical hyperparameters (weight decay and
+    momentum on, so that every term of the rules runs)."""
+    d = np.dtype(dtype)
+    if name.startswith("adam") and name != "adamax":
+        k, s = _scalars.adam(d, step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                             weight_decay=0.1, decoupled_weight_decay=False,
+                             amsgrad=name == "adam_amsgrad", maximize=False)
+    elif name.startswith("rmsprop"):
+        k, s = _scalars.rmsprop(d, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.1,
+                                momentum=0.9 if "momentum" in name else 0.0,
+                                centered="centered" in name, maximize=False)
+    elif name == "adagrad":
+        k, s = _scalars.adagrad(d, step=3, lr=1e-2, lr_decay=0.01, eps=1e-10,
+                                weight_decay=0.1, maximize=False)
+    elif name.startswith("sgd"):
+        k, s = _scalars.sgd(d, first=False, lr=1e-2, momentum=0.9 if "momentum" in name
+                            else 0.0, dampening=0.0, weight_decay=0.1, nesterov=True,
+                            maximize=False)
+    elif name == "adadelta":
+        k, s = _scalars.adadelta(d, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.1,
+                                 maximize=False)
+    elif name == "nadam":
+        k, s = _scalars.nadam(d, step=3, mu_product=0.9, lr=2e-3, beta1=0.9, beta2=0.999,
+                              eps=1e-8, weight_decay=0.1, momentum_decay=4e-3,
+                              decoupled_weight_decay=False, maximize=False)
+    else:
+        k, s = _scalars.adamax(d, step=3, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                               weight_decay=0.1, maximize=False)
+    assert k == name
+    return s
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_sub_blocks_equal_the_serial_loop_bitwise(dtype):
+    """Every parallel kernel at a size that takes the sub-block form (past ``MIN_BYTES``,
+    ending mid-chunk and mid-sub-block, with non-finite elements): the same bits as the
+    plain serial loop."""
+    from fastadam.kernels import _blocked
+    n = _blocked.MIN_BYTES // np.dtype(dtype).itemsize + _blocked.CHUNK + 77
+    rng = np.random.default_rng(3)
+    base = [rng.standard_normal(n).astype(dtype) for _ in range(5)]
+    base[2] = np.abs(base[2])                    # a second moment / square average
+    base[1][[5, n // 2, n - 1]] = [np.nan, np.inf, -np.inf]
+    for name in cpu.KERNEL_NAMES:
+        na = 2 + len(_scalars.KERNEL_STATES[name])
+        s = _kernel_scalars(name, dtype)
+        par = [a.copy() for a in base[:na]]
+        ser = [a.copy() for a in base[:na]]
+        for _ in range(2):
+            cpu.get(name, True)(*par, *s)
+            cpu.get(name, False)(*ser, *s)
+        for k, (a, b) in enumerate(zip(par, ser)):
+            assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")), \
+                f"{name}: array {k}"
+
+
+def test_clamped_float32_adam_sub_blocks_equal_the_serial_loop_bitwise():
+    """cpu_lowp's ``adam_f32`` (the gradient transform fused in), as above."""
+    from fastadam.kernels import _blocked, cpu_lowp
+    n = _blocked.MIN_BYTES // 4 + _blocked.CHUNK + 77
+    rng = np.random.default_rng(4)
+    base = [rng.standard_normal(n).astype(np.float32) for _ in range(4)]
+    base[3] = np.abs(base[3])
+    s = (np.float32(0.5), np.float32(0.3)) + _kernel_scalars("adam", np.float32)
+    par = [a.copy() for a in base]
+    ser = [a.copy() for a in base]
+    cpu_lowp.get("adam_f32", True)(*par, *s)
+    cpu_lowp.get("adam_f32", False)(*ser, *s)
+    for a, b in zip(par, ser):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16"])
+def test_master_weight_sub_blocks_are_float32_adam_and_round_by_index(fmt):
+    """Master weights at a size that takes the sub-block form: the master is float32 Adam
+    bit for bit, and the stochastically rounded copy uses each element's own index."""
+    from fastadam import master
+    from fastadam.kernels import _blocked
+    n = _blocked.MIN_BYTES // 4 + _blocked.CHUNK + 77
+    dt = np.dtype(np.float16) if fmt == "float16" else \
+        np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal(n).astype(np.float32)
+    lo_bits = master.encode_param(w, fmt)
+    w = master.decode_param(lo_bits, fmt).astype(np.float32)
+    lo = lo_bits.view(dt)
+    g = rng.standard_normal(n).astype(np.float32)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    w32, m32, v32 = w.copy(), m.copy(), v.copy()
+    hp = dict(step=1, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+    F.adam_(lo, g, m, v, master_param=w, backend="numba", param_rounding="stochastic", **hp)
+    F.adam_(w32, g, m32, v32, backend="numba", **hp)
+    assert np.array_equal(w, w32) and np.array_equal(m, m32) and np.array_equal(v, v32)
+    assert np.array_equal(lo.view(np.uint16), master.encode_param(w, fmt, "stochastic", 1))
 
 
 # -- no recompilation ------------------------------------------------------------------

@@ -293,3 +293,47 @@ def test_kernel_intrinsics_match_codecs():
     for b in xb:
         want = C.bigger_bits(want, C.absbits(b))
     assert int(mx) == want
+
+
+# --- the kernels' loop copies agree bit for bit -----------------------------------------
+
+@pytest.mark.parametrize("sd", ["bfloat16", "int8"])
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 255, 257, 4095, 4097, 70001])
+def test_kernel_loop_copies_agree(sd, n):
+    """adam_bf16 / adam_int8 keep two copies of their loop: with the gradient transform
+    (``clamp(g * gscale, clip)``) and without it (``gscale == 1``, ``clip`` +inf).  With
+    ``clip`` the largest float32 the transform is the identity on finite gradients, so
+    both copies must give the same bits; sizes straddle the sub-block (128), block (256),
+    work-item and parallel thresholds."""
+    pytest.importorskip("numba")
+    from fastadam import _scalars
+    from fastadam.kernels import cpu_lowp as K
+    f = np.float32
+    fmax = f(np.finfo(np.float32).max)
+    rng = np.random.default_rng(n)
+    p0 = rng.standard_normal(n).astype(f)
+    g = (rng.standard_normal(n) * np.exp(rng.uniform(-8, 2, n))).astype(f)
+    g[::97] = 0.0
+    m0 = (rng.standard_normal(n) * 0.1).astype(f)
+    v0 = (m0.astype(np.float64) ** 2 * rng.uniform(1, 9, n)).astype(f)
+    for opts in (dict(), dict(maximize=True), dict(weight_decay=0.1),
+                 dict(weight_decay=0.1, decoupled_weight_decay=True)):
+        hp = dict(step=5, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                  decoupled_weight_decay=False, amsgrad=False, maximize=False)
+        hp.update(opts)
+        _, sc = _scalars.adam(np.dtype(f), **hp)
+        out = []
+        for clip in (f(np.inf), fmax):          # no transform / the identity transform
+            p = p0.copy()
+            if sd == "bfloat16":
+                st = [lowp.bf16_encode(m0), lowp.bf16_encode(v0)]
+                K.run("adam_bf16", (p, g) + tuple(st),
+                      (np.uint32(11), np.uint32(12), f(1), clip) + sc)
+            else:
+                mq, ms = lowp.int8_encode(m0)
+                vq, vs = lowp.log8_encode(v0)
+                st = [mq, ms, vq, vs]
+                K.run("adam_int8", (p, g) + tuple(st), (f(1), clip, f(127)) + sc)
+            out.append([p] + st)
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))

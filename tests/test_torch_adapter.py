@@ -607,8 +607,8 @@ def test_bad_arguments_of_each_optimizer(cls, kwargs, exc, match):
 
 
 def test_bad_params():
-    with pytest.raises(TypeError, match="float32 and float64"):
-        ft.Adam([nn.Parameter(torch.zeros(3, dtype=torch.float16))])
+    with pytest.raises(TypeError, match="float32 and float64"):   # Adam takes float16
+        ft.SGD([nn.Parameter(torch.zeros(3, dtype=torch.float16))])
     with pytest.raises(TypeError, match="float32 and float64"):
         ft.Adam([torch.zeros(3, dtype=torch.int64)])
     p = nn.Parameter(torch.zeros(3))

@@ -10,14 +10,15 @@ from . import SIZES
 
 
 class Roofline:
-    params = ([2, 3, 4, 5], ["serial", "parallel"], SIZES)
+    params = ([2, 3, 4, 5], ["serial", "parallel", "serial prefetched", "parallel prefetched"],
+              SIZES)
     param_names = ["arrays_read", "variant", "size"]
 
     def setup(self, k, variant, n):
         from fastadam import _roofline
         self.arrays = [np.full(n, 0.5, np.float32) for _ in range(k)]
         self.a = np.float32(1e-12)
-        self.loop = _roofline.get(k, variant == "parallel")
+        self.loop = _roofline.get(k, *_roofline.VARIANTS[variant])
         self.time_roofline(k, variant, n)
 
     def time_roofline(self, *args):

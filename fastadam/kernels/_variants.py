@@ -2,7 +2,8 @@
 
 Each kernel module (:mod:`.cpu`, :mod:`.cpu_keras`, :mod:`.cpu_lowp`) writes its
 loops once, with ``prange``, and gets two numba dispatchers per loop from here:
-``parallel=True`` and a serial one for small buffers.  Both use numba's
+``parallel=True`` and a serial one for small buffers (a module may compile another
+form of the loop for the parallel variant: ``parallel_source``).  Both use numba's
 on-disk cache.  numba names cache files after a function's qualified name and
 only checks the timestamp of the file that holds it, so each variant is a
 renamed copy of the loop whose name carries ``key``: a hash of the rule sources
@@ -34,10 +35,17 @@ class KernelVariants:
         numba fastmath flags, or ``fastmath(name) -> flags`` per loop.
     names : iterable of str, optional
         The loop names that may be requested (others raise ``KeyError``).
+    parallel_source : callable, optional
+        ``parallel_source(name) -> function``: the loop compiled for the parallel
+        variant (e.g. :func:`._blocked.blocked_loop`'s prefetched form), called once
+        per name; by default the same loop as the serial variant.
     """
 
-    def __init__(self, namespace: dict, key: str, fastmath, names=None):
+    def __init__(self, namespace: dict, key: str, fastmath, names=None,
+                 parallel_source=None):
         self._ns = namespace
+        self._parallel_source = parallel_source
+        self._sources: dict = {}
         opts = hashlib.sha256(repr(sorted(NJIT_OPTIONS.items())).encode()).hexdigest()[:6]
         self._key = key + opts
         self._fastmath = fastmath if callable(fastmath) else (lambda name: fastmath)
@@ -49,7 +57,7 @@ class KernelVariants:
         code can be inspected (numba refuses that for code loaded from its cache)."""
         if self._names is not None and name not in self._names:
             raise KeyError(f"no kernel named {name!r}")
-        src = self._ns[name]
+        src = self.source(name, parallel)
         suffix = ("_par_" if parallel else "_ser_") + self._key
         f = types.FunctionType(src.__code__, src.__globals__, name + suffix, src.__defaults__,
                                src.__closure__)
@@ -58,6 +66,15 @@ class KernelVariants:
         f.__doc__ = src.__doc__
         return numba.njit(parallel=parallel, cache=cache, fastmath=self._fastmath(name),
                           **NJIT_OPTIONS)(f)
+
+    def source(self, name: str, parallel: bool):
+        """The Python function compiled for variant ``(name, parallel)``."""
+        if not parallel or self._parallel_source is None:
+            return self._ns[name]
+        src = self._sources.get(name)
+        if src is None:
+            src = self._sources[name] = self._parallel_source(name)
+        return src
 
     def get(self, name: str, parallel: bool):
         """The dispatcher of loop ``name`` (created lazily, compiled on first call)."""

@@ -2,11 +2,15 @@
 
 Every kernel reads each of its arrays once and writes each output once per
 element; the per-element math is the rule from :mod:`fastadam.rules`, inlined.
-Each kernel exists in two compiled variants, made lazily from the same Python
-source: a ``parallel=True`` prange loop and a serial one for small buffers
-(see :data:`fastadam._config.PARALLEL_THRESHOLD`).  Both use numba's on-disk
-cache; the cache entries are keyed by a hash of the rule sources, because
-numba itself only notices edits to this file.
+Each kernel exists in two compiled variants, made lazily: the serial loop
+below, for small buffers (see :data:`fastadam._config.PARALLEL_THRESHOLD`), and
+a ``parallel=True`` one generated from it by :func:`._blocked.blocked_loop`:
+the same rule call, as a plain prange loop up to 8 MiB per array and in
+prefetched sub-blocks beyond (measured against the plain prange loop, float32:
+1.1-1.4x faster at 8M params, 1.05-1.15x at 32M, SGD without momentum ~1.03x;
+float64 1.05-1.3x at 4M-16M; the same bits).  Both use numba's
+on-disk cache; the cache entries are keyed by a hash of the rule sources and
+of :mod:`._blocked`, because numba itself only notices edits to this file.
 
 Arguments are 1-D C-contiguous arrays of one dtype followed by the scalars of
 :mod:`fastadam._scalars`, already cast to that dtype.
@@ -21,6 +25,7 @@ from numba import prange
 
 from .. import rules as _rules
 from .._config import FASTMATH, PARALLEL_THRESHOLD
+from . import _blocked
 from ._variants import KernelVariants
 from ..rules import adadelta as _adadelta_r
 from ..rules import adagrad as _adagrad_r
@@ -51,7 +56,9 @@ r_adamax = _inline(_adamax_r.adamax)
 
 # --- the loops -----------------------------------------------------------------
 # ``*s`` cannot be spread into a numba call element-wise per array, so each loop is
-# written out; they differ only in which arrays they read and write.
+# written out; they differ only in which arrays they read and write.  Each body is one
+# rule call, ``r_<name>``, writing every array but the gradient: the form
+# _blocked.blocked_loop rewrites into the parallel variant.
 
 def adam(p, g, m, v, s0, s1, s2, s3, s4, s5, s6, s7, s8):
     for i in prange(p.shape[0]):
@@ -123,10 +130,20 @@ KERNEL_NAMES = (
     "adamax",
 )
 
-# Cache entries are keyed by the rules' sources and the compile flags, which
-# numba's own cache check (this file's timestamp) does not see.
-_RULES_HASH = _rules.source_hash(extra=repr(sorted(FASTMATH)))
-_variants = KernelVariants(globals(), _RULES_HASH, FASTMATH, names=KERNEL_NAMES)
+
+def _parallel_loop(name: str):
+    """The parallel variant of kernel ``name``: its loop in the prefetched sub-block
+    form of :mod:`._blocked` (the same rule call, the same bits)."""
+    from .._scalars import KERNEL_STATES
+    return _blocked.blocked_loop(globals()[name], 2 + len(KERNEL_STATES[name]), "r_" + name,
+                                 globals())
+
+
+# Cache entries are keyed by the rules' sources, the sub-block loop's source and the
+# compile flags, which numba's own cache check (this file's timestamp) does not see.
+_RULES_HASH = _rules.source_hash(extra=repr(sorted(FASTMATH))) + _blocked.HASH
+_variants = KernelVariants(globals(), _RULES_HASH, FASTMATH, names=KERNEL_NAMES,
+                           parallel_source=_parallel_loop)
 _compiled = _variants.compiled
 get = _variants.get
 

@@ -8,6 +8,7 @@ import operator
 import numpy as np
 
 from .. import _backends, _scalars, _validate
+from .. import master as _master
 from ..flat import FlatParams
 
 STATE_DICT_FORMAT = "fastadam.optimizer"
@@ -15,6 +16,14 @@ STATE_DICT_VERSION = 1
 
 
 _DTYPE_NAMES: dict = {}
+
+
+def _group_dtypes(p) -> list:
+    """The dtypes of a group's parameters (a FlatParams, dict or list of arrays)."""
+    if isinstance(p, FlatParams):
+        return [fb.dtype for fb in p.buffers]
+    return [a.dtype for a in (p.values() if isinstance(p, dict) else p)
+            if isinstance(a, np.ndarray)]
 
 
 def _dtype_name(dtype) -> str:
@@ -150,7 +159,16 @@ class Optimizer:
                 raise ValueError("some parameters appear in more than one parameter group")
 
     def _check_group_arrays(self, p) -> None:
-        """Subclass hook: refuse a group's arrays before anything is copied or replaced."""
+        """Subclass hook: refuse a group's arrays before anything is copied or replaced.
+
+        The base refuses low-precision (float16 / bfloat16) parameters: only
+        Adam / AdamW keep float32 master weights for them.
+        """
+        for dt in _group_dtypes(p):
+            if _master.param_format(dt) is not None:
+                raise TypeError(f"{type(self).__name__} optimizes float32 and float64 "
+                                f"parameters; {dt} parameters are supported by Adam and AdamW "
+                                "(with float32 master weights)")
 
     def _clear_caches(self) -> None:
         """Forget the per-step caches (validated hyperparameters, bound kernels)."""
@@ -191,6 +209,14 @@ class Optimizer:
 
     def _state_spec(self, group: dict) -> dict:  # pragma: no cover
         raise NotImplementedError
+
+    def _buffer_backend(self, fb):
+        """The backend that steps buffer ``fb`` (default: the optimizer's backend)."""
+        return self._backend
+
+    def _buffer_spec(self, group: dict, fb) -> dict:
+        """The state arrays of buffer ``fb`` of ``group`` (default: the group's spec)."""
+        return self._state_spec(group)
 
     def _new_state(self, name: str, fill, fb):
         """A new state array ``name`` for buffer ``fb`` (lowp Adam stores other dtypes)."""
@@ -248,7 +274,6 @@ class Optimizer:
         plan = []
         fast = self.__dict__.setdefault("_fast", {})
         for gi, group in enumerate(self.param_groups):
-            spec = None
             for fb in self.flat[gi].buffers:
                 st = self.state[gi][_DTYPE_NAMES.get(fb.dtype) or _dtype_name(fb.dtype)]
                 e = fast.get((gi, id(st)))
@@ -256,8 +281,7 @@ class Optimizer:
                 if r:                   # nothing changed since the last step: cached plan
                     plan.append((gi, group, fb, st, None, r[0], r[1]))
                     continue
-                if spec is None:
-                    spec = self._state_spec(group)
+                spec = self._buffer_spec(group, fb)
                 hp = self._step_hparams(gi, group, st, st["step"] + 1)
                 plan.append((gi, group, fb, st, spec, hp,
                              self._prepare(gi, fb, st, spec, hp)))
@@ -343,7 +367,7 @@ class Optimizer:
         """
         if not spec.keys() <= st.keys():
             return None
-        be = self._backend
+        be = self._buffer_backend(fb)
         bind = getattr(be, "bind", None)
         if bind is None:
             arrays = {"param": fb.data, "grad": fb.grad}

@@ -29,7 +29,7 @@ import hashlib
 import pathlib
 
 RULE_MODULES = ("adam", "rmsprop", "adagrad", "sgd", "adadelta", "nadam", "adamax",
-                "codecs")
+                "codecs", "param_codecs")
 
 
 def source_hash(extra: str = "") -> str:

@@ -1,0 +1,127 @@
+"""The reduced-precision section of ``fastadam bench`` (issue 8's targets).
+
+On one flat buffer of ``n`` float32-sized parameters (default 8M), every
+contender interleaved in one process (see :func:`fastadam.bench.interleave`):
+
+* ``roofline ...``: the fastest loop moving exactly a float32 Adam step's bytes
+  (28 B/param; :mod:`fastadam._roofline`, every form it has, the fastest taken);
+* ``adam fp32 state``: :func:`fastadam.functional.adam_` (the numba kernel);
+* ``adam bf16 state`` (20 B/param) and ``adam int8 state`` (16.06 B/param):
+  the same call with ``state_dtype=...`` from a realistic (not all-zero) state;
+* ``bf16 params, fp32 master`` (28 B/param) and ``bf16 params, bf16 state``
+  (20 B/param): bfloat16 parameters and gradients with float32 master weights
+  (``master_param=``, :mod:`fastadam.master`);
+* ``amp step``: ``fastadam.AdamW(max_grad_norm=1.0).step(grad_scale=1024)`` on
+  one flat buffer: the fused first pass (unscale, inf/nan check, global norm),
+  then the update with the factor folded in (32 B/param);
+* ``roofline read ...``: a read-only pass over the gradient (the fastest form),
+  so that the AMP step's own roofline is that pass plus the fastest Adam
+  roofline loop.
+
+Targets (issue 8): bf16 state >= 1.3x and int8 state >= 1.6x faster than the
+float32 roofline; the AMP step >= 90% of its own roofline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HP = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+#: contender -> (bytes moved per parameter, target speed-up over the fp32 roofline)
+ROWS = {
+    "adam fp32 state": (28, None),
+    "adam bf16 state": (20, 1.3),
+    "adam int8 state": (16 + 16 / 256, 1.6),
+    "bf16 params, fp32 master": (28, None),
+    "bf16 params, bf16 state": (20, None),
+}
+
+
+def contenders(n: int) -> dict:
+    """``name -> fn`` of the section, for ``n`` parameters (``n`` >= 1)."""
+    import fastadam
+    from . import functional as F
+    from . import lowp
+    from .bench import _roofline_fns
+
+    f32 = np.float32
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(n, dtype=f32)
+    g0 = rng.standard_normal(n, dtype=f32) * f32(1e-2)
+    out = {}
+    roofs = _roofline_fns("adam", n, f32)
+    out.update((name, fn) for name, fn in roofs.items() if "parallel" in name)
+    step = [10]
+
+    def hp():
+        step[0] += 1
+        return dict(step=step[0], **HP)
+
+    p, g = p0.copy(), g0.copy()
+    m, v = np.zeros(n, f32), np.zeros(n, f32)
+    out["adam fp32 state"] = lambda: F.adam_(p, g, m, v, **hp())
+
+    for sd, name in (("bfloat16", "adam bf16 state"), ("int8", "adam int8 state")):
+        pp, st = p0.copy(), lowp.new_state(sd, n)
+        kw = dict(exp_avg_scale=st.get("exp_avg_scale"),
+                  exp_avg_sq_scale=st.get("exp_avg_sq_scale"), state_dtype=sd)
+        F.adam_(pp, g0, st["exp_avg"], st["exp_avg_sq"], **kw, **hp())   # a realistic state
+        out[name] = (lambda pp=pp, st=st, kw=kw:
+                     F.adam_(pp, g0, st["exp_avg"], st["exp_avg_sq"], **kw, **hp()))
+
+    try:
+        import ml_dtypes
+        bf16 = np.dtype(ml_dtypes.bfloat16)
+    except ImportError:     # the master-weight rows need NumPy bfloat16 arrays
+        bf16 = None
+    if bf16 is not None:
+        for sd, name in (("float32", "bf16 params, fp32 master"),
+                         ("bfloat16", "bf16 params, bf16 state")):
+            lo = p0.astype(bf16)
+            w = lo.astype(f32)
+            gl = g0.astype(bf16)
+            st = lowp.new_state(sd, n)
+            out[name] = (lambda lo=lo, w=w, gl=gl, st=st, sd=sd:
+                         F.adam_(lo, gl, st["exp_avg"], st["exp_avg_sq"], master_param=w,
+                                 state_dtype=sd, **hp()))
+
+    opt = fastadam.AdamW([p0.copy()], lr=1e-3, max_grad_norm=1.0)
+    opt.grads[0][...] = g0 * f32(1024)
+    out["amp step"] = lambda: opt.step(grad_scale=1024.0)
+    from . import _roofline
+    out.update(("roofline " + k, f) for k, f in _roofline.read_loops(g0.copy()).items())
+    return out
+
+
+def summarize(n: int, medians: dict) -> dict:
+    """Ratios of the section from the medians of :func:`contenders`' timings."""
+    roof = min(t for k, t in medians.items() if k.startswith("roofline ")
+               and not k.startswith("roofline read"))
+    # the AMP step reads g (first pass), then makes an Adam step: the fastest of each
+    roof_amp = roof + min(t for k, t in medians.items() if k.startswith("roofline read"))
+    rows = []
+    for name, (nbytes, target) in ROWS.items():
+        if name not in medians:
+            continue
+        t = medians[name]
+        rows.append(dict(contender=name, bytes_per_param=nbytes, median_s=t,
+                         vs_fp32_roofline=roof / t, bytes_ratio=28 / nbytes, target=target))
+    return dict(size=n, roofline_s=roof, rows=rows, amp_s=medians["amp step"],
+                roofline_amp_s=roof_amp, amp_pct=100.0 * roof_amp / medians["amp step"])
+
+
+def format_section(res: dict) -> str:
+    from .bench import _fmt_time, _label
+    lines = [f"Reduced precision and AMP, one buffer of {_label(res['size'])} params, against "
+             f"the float32 Adam roofline ({_fmt_time(res['roofline_s']).strip()}, 28 B/param)",
+             f"{'contender':<28} {'bytes/param':>11} {'median':>11} {'vs roofline':>11} "
+             f"{'bytes ratio':>11} {'target':>8}"]
+    for r in res["rows"]:
+        tgt = f">= {r['target']:.1f}x" if r["target"] else "-"
+        lines.append(f"{r['contender']:<28} {r['bytes_per_param']:>11.2f} "
+                     f"{_fmt_time(r['median_s'])} {r['vs_fp32_roofline']:10.2f}x "
+                     f"{r['bytes_ratio']:10.2f}x {tgt:>8}")
+    lines.append(f"{'amp step':<28} {32:>11.2f} {_fmt_time(res['amp_s'])} "
+                 f"{res['amp_pct']:9.1f}% of its roofline ({_fmt_time(res['roofline_amp_s']).strip()}"
+                 f"; target >= 90%)")
+    return "\n".join(lines)

@@ -1,0 +1,825 @@
+"""numba CUDA kernels for reduced-precision Adam state, fused gradient transforms and
+low-precision parameters with float32 master weights.
+
+The device counterpart of :mod:`fastadam.kernels.cpu_lowp` and
+:mod:`fastadam.kernels.cpu_master`, with the same results bit for bit where the
+arithmetic is the same (see "Bits" below):
+
+* ``adam_bf16``: moments stored as bfloat16 bit patterns (uint16), decoded,
+  updated by the one float32 Adam rule (:mod:`fastadam.rules.adam`), stored with
+  stochastic rounding using the bits ``sr_bits(i, seed)`` of the CPU kernels.
+* ``adam_int8``: blockwise 8-bit moments (:data:`INT8_BLOCK` elements per
+  quantization block, one float32 absmax per block and moment).  One CUDA thread
+  block of :data:`I8_THREADS` threads per quantization block (grid-stride over
+  the quantization blocks): each thread loads its 4 elements, updates them and
+  keeps the new moments in registers; the block finds the new absmax by a
+  shared-memory tree reduction of the integer ``absbits`` (NaN wins, as on the
+  CPU); then each thread requantizes its elements.
+* ``adam_t``: float32 / float64 state with the gradient transform fused in.
+* ``master_*``: float16 / bfloat16 parameters (uint16 bit patterns) with float32
+  master weights and float32 or bf16 moments; the parameter is rewritten from the
+  new master, to nearest or stochastically (:mod:`fastadam.rules.param_codecs`).
+* ``sumsq_*``: the first pass of a scaled / clipped step
+  (:func:`fastadam.lowp.grad_stats`): the float64 sum of squares of
+  ``clamp(g * gscale, clip)`` and the count of non-finite raw elements,
+  reduced per block in shared memory and added atomically into a 2-element
+  float64 device array that the host reads with one small copy.
+
+Every Adam kernel transforms the gradient first, ``g = clamp(g * gscale, clip)``
+(``gscale = clip_coef / grad_scale``, ``clip = clip_value * clip_coef``; 1 and
++inf when unused: the identity, bit for bit), as the CPU kernels do.
+
+Codecs: the plain-int functions of :mod:`fastadam.rules.codecs` and
+:mod:`fastadam.rules.param_codecs` *are* the device code (wrapped with
+``cuda.jit(device=True)``; numba does their integer work in int64 on values
+that are never negative, which gives Python's results).  The only additions
+are the two bit casts float32 <-> bits: ``libdevice.float_as_int`` /
+``int_as_float`` on a GPU; under the simulator (where libdevice is a stub)
+NumPy ``.view`` of a scalar.
+
+Bits: under numba's CUDA simulator every float32 operation is rounded on its
+own, as on the CPU, so results equal the numba CPU kernels bit for bit (the
+tests check it).  On a real GPU NVVM contracts multiply-adds into FMAs (see
+docs/cuda.md), so parameters may differ in the last bit and a moment may then
+round to the neighbouring bf16 / int8 code: equal within the float32 contract.
+
+Launch: elementwise kernels use :func:`fastadam.kernels.cuda.grid_size`
+(``BLOCK_SIZE``, ``MAX_BLOCKS``) and handle two elements per loop trip, all
+loads first (twice the bytes in flight per thread); the int8 kernel uses blocks
+of :data:`I8_THREADS` threads and the reduction :data:`RED_THREADS` (four
+elements per trip).  Work goes on the caller's stream (as
+:mod:`fastadam.kernels.cuda`); only :func:`grad_stats` synchronizes (it
+returns numbers to the host).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numba
+import numpy as np
+from numba import cuda
+
+from .. import _scalars
+from .. import rules as _rules
+from ..rules import adam as _adam_r
+from ..rules import codecs as _cd
+from ..rules import param_codecs as _pc
+from . import cuda as K
+
+SIMULATOR = K.SIMULATOR
+INT8_BLOCK = _cd.INT8_BLOCK
+#: Threads per block of the int8 kernel: each owns INT8_BLOCK / I8_THREADS elements of a
+#: quantization block.
+I8_THREADS = 64
+_RED_INT8 = 2 * I8_THREADS       # the int8 kernel's shared scratch: two absmax reductions
+assert INT8_BLOCK == 4 * I8_THREADS     # adam_int8 is written out for 4 elements a thread
+#: Threads per block of the gradient-norm reduction (a power of two; smaller under the
+#: simulator, where each thread is a Python thread).
+RED_THREADS = 32 if SIMULATOR else 128
+
+
+def _device(f):
+    return cuda.jit(device=True)(f)
+
+
+# --- bit casts and integer loads ---------------------------------------------------------
+
+if SIMULATOR:
+    def f32_bits(x):
+        """Bit pattern of float32 ``x`` as a non-negative integer."""
+        return int(np.float32(x).view(np.uint32))
+
+    def bits_f32(u):
+        """The float32 whose bit pattern is the low 32 bits of integer ``u``."""
+        return np.uint32(int(u) & 0xFFFFFFFF).view(np.float32)
+
+    def as_int(x):
+        """An integer array element as a (Python / int64) integer."""
+        return int(x)
+else:  # pragma: no cover - real GPU
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True)
+    def f32_bits(x):
+        return numba.int64(numba.uint32(libdevice.float_as_int(x)))
+
+    @cuda.jit(device=True)
+    def bits_f32(u):
+        return libdevice.int_as_float(numba.int32(u & 0xFFFFFFFF))
+
+    @cuda.jit(device=True)
+    def as_int(x):
+        return numba.int64(x)
+
+
+# --- the rules and codecs as device functions ---------------------------------------------
+
+r_adam = _device(_adam_r.adam)
+c_clamp = _device(_cd.clamp)
+c_sr_bits = _device(_cd.sr_bits)
+c_bf16_encode = _device(_cd.bf16_encode)
+c_bf16_encode_sr = _device(_cd.bf16_encode_sr)
+c_bf16_decode = _device(_cd.bf16_decode)
+c_absbits = _device(_cd.absbits)
+c_bigger_bits = _device(_cd.bigger_bits)
+c_lin8_encode = _device(_cd.lin8_encode)
+c_log8_encode = _device(_cd.log8_encode)
+c_log8_decode = _device(_cd.log8_decode)
+c_f16_encode = _device(_pc.f16_encode)
+
+
+def _rebind(f, **names):
+    """``f`` with some of its global names bound to device functions (a spec function
+    that calls another spec function calls its device version)."""
+    import types
+    g = dict(f.__globals__, **names)
+    return types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+
+
+c_f16_encode_sr = _device(_rebind(_pc.f16_encode_sr, f16_encode=c_f16_encode))
+c_f16_decode = _device(_pc.f16_decode)
+
+
+# element codecs built from them (float32 <-> storage)
+
+@_device
+def dec_f32(x):
+    return x
+
+
+@_device
+def dec_bf16(h):
+    return bits_f32(c_bf16_decode(as_int(h)))
+
+
+@_device
+def dec_f16(h):
+    return bits_f32(c_f16_decode(as_int(h)))
+
+
+@_device
+def enc_f32(x, i, seed):
+    return x
+
+
+@_device
+def enc_bf16_sr(x, i, seed):
+    return c_bf16_encode_sr(f32_bits(x), c_sr_bits(i, seed))
+
+
+@_device
+def enc_p_bf16(x, i, seed, sr):
+    b = f32_bits(x)
+    if sr:
+        return c_bf16_encode_sr(b, c_sr_bits(i, seed))
+    return c_bf16_encode(b)
+
+
+@_device
+def enc_p_f16(x, i, seed, sr):
+    b = f32_bits(x)
+    if sr:
+        return c_f16_encode_sr(b, c_sr_bits(i, seed))
+    return c_f16_encode(b)
+
+
+# --- the loops ------------------------------------------------------------------------------
+
+# Elementwise loops: grid-stride, two elements per trip with all loads issued first
+# (elements i and i + gridsize: coalesced, and twice the bytes in flight per thread,
+# which is what a memory-bound loop on a GPU needs), then a remainder of one.  Which
+# elements go together changes no result: each element's math stands alone.
+
+@_device
+def _t_elem(p, g, m, v, i, pi, gi, mi, vi, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7,
+            s8):
+    gi = c_clamp(gi * gscale, clip)
+    p[i], m[i], v[i] = r_adam(pi, gi, mi, vi, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
+def adam_t(p, g, m, v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    n = p.shape[0]
+    st = cuda.gridsize(1)
+    i = cuda.grid(1)
+    while i + st < n:
+        j = i + st
+        p0, g0, m0, v0 = p[i], g[i], m[i], v[i]
+        p1, g1, m1, v1 = p[j], g[j], m[j], v[j]
+        _t_elem(p, g, m, v, i, p0, g0, m0, v0, gscale, clip, s0, s1, s2, s3, s4, s5, s6,
+                s7, s8)
+        _t_elem(p, g, m, v, j, p1, g1, m1, v1, gscale, clip, s0, s1, s2, s3, s4, s5, s6,
+                s7, s8)
+        i = j + st
+    if i < n:
+        _t_elem(p, g, m, v, i, p[i], g[i], m[i], v[i], gscale, clip, s0, s1, s2, s3, s4, s5,
+                s6, s7, s8)
+
+
+@_device
+def _bf16_elem(p, m, v, i, pi, gi, mi, vi, seed_m, seed_v, gscale, clip, s0, s1, s2, s3, s4,
+               s5, s6, s7, s8):
+    gi = c_clamp(gi * gscale, clip)
+    pi, mi, vi = r_adam(pi, gi, dec_bf16(mi), dec_bf16(vi), s0, s1, s2, s3, s4, s5, s6, s7,
+                        s8)
+    p[i] = pi
+    m[i] = enc_bf16_sr(mi, i, seed_m)
+    v[i] = enc_bf16_sr(vi, i, seed_v)
+
+
+def adam_bf16(p, g, m, v, seed_m, seed_v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    n = p.shape[0]
+    st = cuda.gridsize(1)
+    i = cuda.grid(1)
+    while i + st < n:
+        j = i + st
+        p0, g0, m0, v0 = p[i], g[i], m[i], v[i]
+        p1, g1, m1, v1 = p[j], g[j], m[j], v[j]
+        _bf16_elem(p, m, v, i, p0, g0, m0, v0, seed_m, seed_v, gscale, clip, s0, s1, s2, s3,
+                   s4, s5, s6, s7, s8)
+        _bf16_elem(p, m, v, j, p1, g1, m1, v1, seed_m, seed_v, gscale, clip, s0, s1, s2, s3,
+                   s4, s5, s6, s7, s8)
+        i = j + st
+    if i < n:
+        _bf16_elem(p, m, v, i, p[i], g[i], m[i], v[i], seed_m, seed_v, gscale, clip, s0, s1,
+                   s2, s3, s4, s5, s6, s7, s8)
+
+
+@_device
+def _i8_update(p, i, n, pq, gq, mq, vq, mstep, vsc, am, av, zero, gscale, clip,
+               s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    """Element ``i`` of a quantization block: decode, the rule, store the parameter; the
+    new moments and the running block absmax bits (``am``, ``av``)."""
+    if i < n:
+        gi = c_clamp(gq * gscale, clip)
+        pi, mi, vi = r_adam(pq, gi, mq * mstep, bits_f32(c_log8_decode(as_int(vq))) * vsc,
+                            s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        p[i] = pi
+        am = c_bigger_bits(am, c_absbits(f32_bits(mi)))
+        av = c_bigger_bits(av, c_absbits(f32_bits(vi)))
+        return mi, vi, am, av
+    return zero, zero, am, av
+
+
+@_device
+def _i8_store(mq, vq, i, n, mi, vi, minv, vinv):
+    if i < n:
+        mq[i] = c_lin8_encode(mi * minv)
+        vq[i] = c_log8_encode(f32_bits(vi * vinv))
+
+
+def adam_int8(p, g, mq, ms, vq, vs, gscale, clip, qmax, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    # launched with I8_THREADS threads per block; one quantization block per trip:
+    # thread t owns its elements t, t + I8_THREADS, ... (all loads issued first; indices
+    # past the end load the last element and are masked)
+    red = cuda.shared.array(_RED_INT8, np.int32)
+    t = cuda.threadIdx.x
+    n = p.shape[0]
+    zero = qmax - qmax
+    one = qmax / qmax
+    T = I8_THREADS
+    for b in range(cuda.blockIdx.x, (n + INT8_BLOCK - 1) // INT8_BLOCK, cuda.gridDim.x):
+        i0 = b * INT8_BLOCK + t
+        i1 = i0 + T
+        i2 = i1 + T
+        i3 = i2 + T
+        j0, j1, j2, j3 = min(i0, n - 1), min(i1, n - 1), min(i2, n - 1), min(i3, n - 1)
+        p0, g0, m0, v0 = p[j0], g[j0], mq[j0], vq[j0]
+        p1, g1, m1, v1 = p[j1], g[j1], mq[j1], vq[j1]
+        p2, g2, m2, v2 = p[j2], g[j2], mq[j2], vq[j2]
+        p3, g3, m3, v3 = p[j3], g[j3], mq[j3], vq[j3]
+        mstep = ms[b] / qmax
+        vsc = vs[b]
+        am = 0
+        av = 0
+        m0, v0, am, av = _i8_update(p, i0, n, p0, g0, m0, v0, mstep, vsc, am, av, zero,
+                                    gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        m1, v1, am, av = _i8_update(p, i1, n, p1, g1, m1, v1, mstep, vsc, am, av, zero,
+                                    gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        m2, v2, am, av = _i8_update(p, i2, n, p2, g2, m2, v2, mstep, vsc, am, av, zero,
+                                    gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        m3, v3, am, av = _i8_update(p, i3, n, p3, g3, m3, v3, mstep, vsc, am, av, zero,
+                                    gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        red[t] = am
+        red[t + T] = av
+        cuda.syncthreads()
+        # tree reduction of the block's largest absbits (NaN's bits are the largest)
+        k = T // 2
+        while k > 0:
+            if t < k:
+                if red[t + k] > red[t]:
+                    red[t] = red[t + k]
+                if red[t + k + T] > red[t + T]:
+                    red[t + T] = red[t + k + T]
+            cuda.syncthreads()
+            k //= 2
+        mabs = bits_f32(red[0])
+        vmax = bits_f32(red[T])
+        # a zero or NaN scale gives factor 0 and codes 0, as on the CPU
+        minv = qmax / mabs if mabs > zero else zero
+        vinv = one / vmax if vmax > zero else zero
+        _i8_store(mq, vq, i0, n, m0, v0, minv, vinv)
+        _i8_store(mq, vq, i1, n, m1, v1, minv, vinv)
+        _i8_store(mq, vq, i2, n, m2, v2, minv, vinv)
+        _i8_store(mq, vq, i3, n, m3, v3, minv, vinv)
+        if t == 0:
+            ms[b] = mabs
+            vs[b] = vmax
+        cuda.syncthreads()          # red is reused by the next quantization block
+
+
+def _master_loop(dec_g, dec_s, enc_s, enc_p):
+    @_device
+    def elem(lo, w, m, v, i, gi, wi, mi, vi, seed_m, seed_v, seed_p, sr, gscale, clip,
+             s0, s1, s2, s3, s4, s5, s6, s7, s8):
+        gi = c_clamp(dec_g(gi) * gscale, clip)
+        wi, mi, vi = r_adam(wi, gi, dec_s(mi), dec_s(vi), s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        w[i] = wi
+        m[i] = enc_s(mi, i, seed_m)
+        v[i] = enc_s(vi, i, seed_v)
+        lo[i] = enc_p(wi, i, seed_p, sr)
+
+    def master(lo, g, w, m, v, seed_m, seed_v, seed_p, sr, gscale, clip,
+               s0, s1, s2, s3, s4, s5, s6, s7, s8):
+        n = w.shape[0]
+        st = cuda.gridsize(1)
+        i = cuda.grid(1)
+        while i + st < n:
+            j = i + st
+            g0, w0, m0, v0 = g[i], w[i], m[i], v[i]
+            g1, w1, m1, v1 = g[j], w[j], m[j], v[j]
+            elem(lo, w, m, v, i, g0, w0, m0, v0, seed_m, seed_v, seed_p, sr, gscale, clip,
+                 s0, s1, s2, s3, s4, s5, s6, s7, s8)
+            elem(lo, w, m, v, j, g1, w1, m1, v1, seed_m, seed_v, seed_p, sr, gscale, clip,
+                 s0, s1, s2, s3, s4, s5, s6, s7, s8)
+            i = j + st
+        if i < n:
+            elem(lo, w, m, v, i, g[i], w[i], m[i], v[i], seed_m, seed_v, seed_p, sr, gscale,
+                 clip, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    return master
+
+
+def _sumsq_loop(dec):
+    @_device
+    def sq_elem(g, i, x, s, bad, zero, big, gscale, clip, write):
+        x = dec(x)
+        if not (x <= big and x >= -big):    # inf or NaN (big: the largest finite)
+            bad += 1
+        y = c_clamp(x * gscale, clip)
+        if write:
+            g[i] = y
+        y64 = zero + y                      # square in float64: no overflow
+        return s + y64 * y64, bad
+
+    def sumsq(g, zero, big, gscale, clip, write, out):
+        # launched with RED_THREADS threads per block
+        acc = cuda.shared.array(RED_THREADS, np.float64)
+        cnt = cuda.shared.array(RED_THREADS, np.int32)
+        t = cuda.threadIdx.x
+        s = zero
+        bad = 0
+        n = g.shape[0]
+        st = cuda.gridsize(1)
+        i = cuda.grid(1)
+        # four elements per trip, loads first (memory-level parallelism), then the rest
+        while i + 3 * st < n:
+            x0, x1, x2, x3 = g[i], g[i + st], g[i + 2 * st], g[i + 3 * st]
+            s, bad = sq_elem(g, i, x0, s, bad, zero, big, gscale, clip, write)
+            s, bad = sq_elem(g, i + st, x1, s, bad, zero, big, gscale, clip, write)
+            s, bad = sq_elem(g, i + 2 * st, x2, s, bad, zero, big, gscale, clip, write)
+            s, bad = sq_elem(g, i + 3 * st, x3, s, bad, zero, big, gscale, clip, write)
+            i += 4 * st
+        while i < n:
+            s, bad = sq_elem(g, i, g[i], s, bad, zero, big, gscale, clip, write)
+            i += st
+        acc[t] = s
+        cnt[t] = bad
+        cuda.syncthreads()
+        k = RED_THREADS // 2
+        while k > 0:
+            if t < k:
+                acc[t] += acc[t + k]
+                cnt[t] += cnt[t + k]
+            cuda.syncthreads()
+            k //= 2
+        if t == 0:
+            cuda.atomic.add(out, 0, acc[0])
+            cuda.atomic.add(out, 1, zero + cnt[0])
+    return sumsq
+
+
+_LOOPS = {
+    "adam_t": lambda: adam_t,
+    "adam_bf16": lambda: adam_bf16,
+    "adam_int8": lambda: adam_int8,
+}
+_PARAM_ENC = {"float16": enc_p_f16, "bfloat16": enc_p_bf16}
+_DEC = {None: dec_f32, "float16": dec_f16, "bfloat16": dec_bf16}
+for _fmt in ("float16", "bfloat16"):
+    for _g in (None, _fmt):
+        for _s in ("float32", "bfloat16"):
+            _LOOPS[f"master_{_fmt}_g{_g or 'float32'}_s{_s}"] = (
+                lambda f=_fmt, gg=_g, s=_s: _master_loop(
+                    _DEC[gg], dec_f32 if s == "float32" else dec_bf16,
+                    enc_f32 if s == "float32" else enc_bf16_sr, _PARAM_ENC[f]))
+for _g in (None, "float16", "bfloat16"):
+    _LOOPS[f"sumsq_{_g or 'float'}"] = lambda gg=_g: _sumsq_loop(_DEC[gg])
+
+KERNEL_NAMES = tuple(_LOOPS)
+_HASH = _rules.source_hash(extra=f"cuda_lowp{INT8_BLOCK}/{RED_THREADS}/{I8_THREADS}")
+_compiled: dict = {}
+
+
+def get(name: str):
+    """The dispatcher of kernel ``name`` (made lazily, compiled on its first launch).
+
+    Loops written at module level are cached on disk (keyed by the rules' hash, as
+    :mod:`fastadam.kernels.cuda`); the master-weight and reduction loops are closures
+    over their codecs and are compiled once per process.
+    """
+    k = _compiled.get(name)
+    if k is None:
+        if name not in _LOOPS:
+            raise KeyError(f"no cuda_lowp kernel named {name!r}")
+        src = _LOOPS[name]()
+        closure = src.__closure__ is not None
+        import types
+        suffix = "_cudalowp_" + _HASH
+        f = types.FunctionType(src.__code__, src.__globals__, name + suffix, src.__defaults__,
+                               src.__closure__)
+        f.__qualname__ = name + suffix
+        f.__module__ = src.__module__
+        k = _compiled[name] = cuda.jit(cache=not (SIMULATOR or closure))(f)
+    return k
+
+
+# --- device arrays: checks and flat views ----------------------------------------------------
+
+_TORCH_FMT = {"float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _info(name, a):
+    """``(info, fmt)`` of a device array (None if ``a`` is not one); ``fmt`` is
+    ``"float16"`` / ``"bfloat16"`` for 2-byte float formats (viewed as uint16 bits)."""
+    t = K._torch_tensor(a)
+    if t is not None and t.is_cuda:  # pragma: no cover - real GPU with torch
+        torch = sys.modules["torch"]
+        if t.dtype in (torch.float32, torch.float64):
+            return K._info(name, a), None
+        fmt = _TORCH_FMT.get(str(t.dtype).replace("torch.", ""))
+        d = t.detach()
+        if d.element_size() == 2:
+            d = d.view(torch.int16)
+        try:
+            cai = d.__cuda_array_interface__
+        except (TypeError, RuntimeError):
+            raise TypeError(f"{name} has torch dtype {t.dtype}, which the cuda backend "
+                            "cannot read") from None
+        info = K._Info(a, tuple(cai["shape"]), np.dtype(cai["typestr"]), cai.get("strides"),
+                       cai["data"][0], bool(cai["data"][1]), ("torch", t.device.index),
+                       t.device.index)
+        if fmt is not None:
+            info.dtype = np.dtype(np.uint16)
+        return info, fmt
+    info = K._info(name, a)
+    if info is None:
+        return None, None
+    fmt = None
+    if info.dtype == np.float16:
+        fmt = "float16"
+    elif info.dtype.itemsize == 2 and (info.dtype.name == "bfloat16" or
+                                       info.dtype.kind == "V"):
+        # typestr "<V2": bfloat16 (torch's and ml_dtypes' array-interface spelling)
+        fmt = "bfloat16"
+    return info, fmt
+
+
+def _view(info, n, dtype):
+    """A flat 1-D numba device array of ``dtype`` over ``info``'s memory (zero copy)."""
+    dtype = np.dtype(dtype)
+    if SIMULATOR:
+        if K._is_numba_device_array(info.obj):
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+            h = info.obj._ary.reshape(n)
+            return info.obj.reshape(n) if h.dtype == dtype else FakeCUDAArray(h.view(dtype))
+        info.dtype = dtype
+        return K._flat_view(info, n)
+    if n == 0:  # pragma: no cover - real GPU
+        return K._Empty(dtype)
+    if K._is_numba_device_array(info.obj) and info.obj.dtype == dtype:  # pragma: no cover
+        return info.obj.reshape(n)
+    desc = {"shape": (n,), "typestr": dtype.str, "data": (info.ptr, False),  # pragma: no cover
+            "strides": None, "version": 2}
+    with K._on_device(info.device):  # pragma: no cover - real GPU
+        return cuda.from_cuda_array_interface(desc, owner=info.obj, sync=False)
+
+
+class Checked:
+    """Validated flat views by name, the parameter's info (stream, device) and formats."""
+
+    def __init__(self, views, info, fmts, n):
+        self.views, self.info, self.fmts, self.n = views, info, fmts, n
+
+
+def check(named, want, outputs, first_fmt=None):
+    """Check device arrays for one step; nothing is written.
+
+    ``named``: arrays by name, the parameter first; ``want``: per name, the allowed
+    dtypes (tuple of NumPy dtypes; the formats ``"float16"`` / ``"bfloat16"`` stand for
+    2-byte arrays of that format or uint16 bits) and the shape (None: the first
+    array's shape).  Refuses host arrays, wrong dtypes or shapes, arrays on another
+    device, strided views, read-only outputs and overlapping buffers, with the
+    argument's name, as :func:`fastadam.kernels.cuda.check` does.
+    """
+    items = list(named.items())
+    first_name, first = items[0]
+    infos, fmts = {}, {}
+    for name, a in items:
+        info, fmt = _info(name, a)
+        if info is None:
+            if name == first_name:
+                raise TypeError(
+                    f"{name} is a host array ({K._kind(a)}); the cuda backend works on device "
+                    "arrays exposing __cuda_array_interface__ (numba device arrays, CuPy "
+                    "arrays, torch CUDA tensors); use backend='numba' for host arrays")
+            raise TypeError(
+                f"{name} is a host array ({K._kind(a)}) but {first_name} is a device array "
+                f"({K._kind(first)}); all arrays of a step must be on the same device")
+        infos[name], fmts[name] = info, fmt
+    f = infos[first_name]
+    for name, _ in items:
+        i = infos[name]
+        dts, shape = want[name]
+        ok = False
+        for d in dts:
+            if isinstance(d, str):
+                ok = ok or fmts[name] == d or (i.dtype == np.uint16 and fmts[name] is None)
+            else:
+                ok = ok or (i.dtype == np.dtype(d) and fmts[name] is None)
+        if not ok:
+            what = fmts[name] or i.dtype
+            names = " or ".join(d if isinstance(d, str) else str(np.dtype(d)) for d in dts)
+            raise TypeError(f"{name} has dtype {what}; expected {names}")
+        want_shape = f.shape if shape is None else shape
+        if i.shape != want_shape and not (shape is not None and i.size == math.prod(shape)
+                                          and len(i.shape) == 1):
+            raise ValueError(f"{name} has shape {i.shape}, expected {want_shape}")
+        if i.device is not None and f.device is not None and i.device != f.device:
+            raise ValueError(f"{name} is on device {i.device}, but {first_name} is on device "
+                             f"{f.device}; all arrays of a step must be on one device")
+        if not i.c_contiguous():
+            raise ValueError(f"{name} is not C-contiguous (a strided view); fastadam updates "
+                             "buffers in place: pass a contiguous array")
+        if name in outputs and i.readonly:
+            raise ValueError(f"{name} is read-only; it is updated in place")
+    for k, (n1, _) in enumerate(items):
+        for n2, _ in items[k + 1:]:
+            if n1 not in outputs and n2 not in outputs:
+                continue
+            a, b = infos[n1], infos[n2]
+            la, lb = a.size * a.dtype.itemsize, b.size * b.dtype.itemsize
+            if la and lb and a.ptr < b.ptr + lb and b.ptr < a.ptr + la:
+                raise ValueError(f"{n1} and {n2} overlap in memory; each buffer of a step "
+                                 "must be distinct")
+    views = {}
+    for name, _ in items:
+        i = infos[name]
+        dt = np.dtype(np.uint16) if fmts[name] is not None else i.dtype
+        views[name] = _view(i, i.size, dt)
+    views[first_name] = K._with_stream(views[first_name], f)   # (cuda.py's AMSGrad kernel)
+    if first_fmt is None:
+        first_fmt = fmts[first_name]
+    return Checked(views, f, dict(fmts, **{first_name: first_fmt}), f.size)
+
+
+def _launch(name, info, n, args, threads=None, blocks=None):
+    if n == 0:
+        return
+    k = get(name)
+    stream = K._stream_of(info)
+    with K._on_device(None if SIMULATOR else info.device):
+        if threads is None:
+            blocks, threads = K.grid_size(n)
+        k[blocks, threads, stream](*args)
+
+
+def _blocks_for(n, threads):
+    return max(1, min(-(-n // threads), K._max_blocks(threads)))
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+_FLOAT = (np.float32, np.float64)
+
+
+def adam_step(c: Checked, hp, state_dtype, gscale, clip, index_base=0):
+    """One validated Adam step on checked device arrays (``param``, ``grad``, moments)."""
+    from .. import lowp
+    v = c.views
+    p = v["param"]
+    dt = np.dtype(p.dtype)
+    _, scal = _scalars.adam(dt, **hp)
+    if c.n == 0:
+        return
+    if hp.get("amsgrad"):
+        # float32 state only: fold the factor into gsign (clip refused by the caller)
+        kname, scal = _scalars.adam(dt, **hp)
+        if gscale != 1.0:
+            scal = _scalars.scale_grad(dt, scal, gscale)
+        K.run(kname, (p, v["grad"], v["exp_avg"], v["exp_avg_sq"], v["max_exp_avg_sq"]), scal)
+        return
+    f = dt.type
+    if state_dtype == "bfloat16":
+        sm, sv = lowp.sr_seeds(hp["step"], index_base)
+        args = (p, v["grad"], v["exp_avg"], v["exp_avg_sq"], int(sm), int(sv),
+                f(gscale), f(clip)) + scal
+        _launch("adam_bf16", c.info, c.n, args)
+    elif state_dtype == "int8":
+        args = (p, v["grad"], v["exp_avg"], v["exp_avg_scale"], v["exp_avg_sq"],
+                v["exp_avg_sq_scale"], f(gscale), f(clip), f(127.0)) + scal
+        nb = lowp.nblocks(c.n)
+        _launch("adam_int8", c.info, c.n, args, I8_THREADS,
+                max(1, min(nb, K._max_blocks(I8_THREADS))))
+    else:
+        args = (p, v["grad"], v["exp_avg"], v["exp_avg_sq"], f(gscale), f(clip)) + scal
+        _launch("adam_t", c.info, c.n, args)
+
+
+def master_step(c: Checked, hp, fmt, rounding, state_dtype, gscale, clip, index_base=0):
+    """One validated master-weight Adam step on checked device arrays."""
+    from .. import lowp, master
+    if c.n == 0:
+        return
+    v = c.views
+    gfmt = c.fmts["grad"] if v["grad"].dtype == np.uint16 else None
+    if gfmt is None and v["grad"].dtype == np.uint16:
+        gfmt = fmt
+    name = f"master_{fmt}_g{gfmt or 'float32'}_s{state_dtype}"
+    _, scal = _scalars.adam(np.dtype(np.float32), **hp)
+    sm, sv = lowp.sr_seeds(hp["step"], index_base)
+    f = np.float32
+    args = (v["param"], v["grad"], v["master_param"], v["exp_avg"], v["exp_avg_sq"],
+            int(sm), int(sv), int(master.param_seed(hp["step"], index_base)),
+            rounding == "stochastic",
+            f(gscale), f(clip)) + scal
+    _launch(name, c.info, c.n, args)
+
+
+# --- the entry points used by fastadam.lowp ---------------------------------------------------
+
+def adam_(param, grad, state, master_param, hp, *, state_dtype, gscale, clip, rounding,
+          param_format=None, index_base=0):
+    """Validate device arrays and run one Adam step (``fastadam.lowp.adam_`` on cuda).
+
+    ``state``: ``exp_avg``, ``exp_avg_sq`` (+ the int8 scales, + ``max_exp_avg_sq``
+    for AMSGrad).  Everything is checked before the launch.
+    """
+    from .. import lowp
+    n = _size(param)
+    if master_param is not None or _is_lowp(param):
+        if master_param is None:
+            raise TypeError("param is a float16 / bfloat16 device array: low-precision "
+                            "parameters need master_param (float32 master weights)")
+        if hp.get("amsgrad"):
+            raise ValueError("amsgrad=True is not supported with low-precision parameters "
+                             "(master weights)")
+        if state_dtype == "int8":
+            raise ValueError("state_dtype='int8' is not supported with low-precision "
+                             "parameters (master weights); use 'float32' or 'bfloat16'")
+        sdt = np.uint16 if state_dtype == "bfloat16" else np.float32
+        lo = ("float16", "bfloat16")
+        named = {"param": param, "grad": grad, "master_param": master_param,
+                 "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
+        want = {"param": (lo, None), "grad": (lo + (np.float32,), None),
+                "master_param": ((np.float32,), None), "exp_avg": ((sdt,), None),
+                "exp_avg_sq": ((sdt,), None)}
+        c = check(named, want, ("param", "master_param", "exp_avg", "exp_avg_sq"),
+                  first_fmt=param_format)
+        fmt = c.fmts["param"]
+        if fmt is None:
+            raise TypeError("param holds uint16 bits of an unnamed format; pass a float16 "
+                            "array (or a torch bfloat16 tensor), or param_format")
+        gf = c.fmts["grad"]
+        if gf is not None and gf != fmt:
+            raise TypeError(f"grad is {gf} but param is {fmt}; grad must have the param's "
+                            "format or be float32")
+        master_step(c, hp, fmt, rounding, state_dtype, gscale, clip, index_base)
+        return
+    if rounding != "nearest":
+        raise ValueError("param_rounding applies to low-precision parameters with "
+                         "master_param only")
+    if state_dtype != "float32":
+        ps = ((np.float32,), None)
+    else:
+        ps = (_FLOAT, None)
+    named = {"param": param, "grad": grad}
+    want = {"param": ps, "grad": ps}
+    if state_dtype == "float32":
+        keys = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if hp.get("amsgrad") else [])
+        if hp.get("amsgrad") and clip != math.inf:
+            from .._backends import BackendUnavailableError
+            raise BackendUnavailableError("amsgrad=True with clip_value is not implemented "
+                                          "on the cuda backend")
+        for k in keys:
+            named[k], want[k] = state[k], ps
+    elif state_dtype == "bfloat16":
+        for k in ("exp_avg", "exp_avg_sq"):
+            named[k], want[k] = state[k], ((np.uint16,), None)
+    else:
+        nb = (lowp.nblocks(n),)
+        for k, dt, shape in (("exp_avg", np.int8, None), ("exp_avg_scale", np.float32, nb),
+                             ("exp_avg_sq", np.uint8, None),
+                             ("exp_avg_sq_scale", np.float32, nb)):
+            if state.get(k) is None:
+                raise ValueError(f"state_dtype='int8' needs the {k} array")
+            named[k], want[k] = state[k], ((dt,), shape)
+    for k in named:
+        if named[k] is None:
+            raise ValueError(f"state_dtype={state_dtype!r} needs the {k} array")
+    c = check(named, want, tuple(k for k in named if k != "grad"))
+    if c.views["param"].dtype != c.views["grad"].dtype:
+        raise TypeError(f"grad has dtype {c.views['grad'].dtype}, but param has "
+                        f"{c.views['param'].dtype}")
+    for k in named:
+        if k not in ("param", "grad") and state_dtype == "float32" and \
+                c.views[k].dtype != c.views["param"].dtype:
+            raise TypeError(f"{k} has dtype {c.views[k].dtype}, but param has "
+                            f"{c.views['param'].dtype}")
+    adam_step(c, hp, state_dtype, gscale, clip, index_base)
+
+
+def _size(a):
+    info, _ = _info("param", a)
+    return 0 if info is None else info.size
+
+
+def _is_lowp(a):
+    info, fmt = _info("param", a)
+    return fmt is not None
+
+
+def step_arrays(arrays, hp, *, state_dtype, gscale, clip, param_format=None,
+                param_rounding="nearest", index_base=0):
+    """``fastadam.lowp.step_arrays`` on the cuda backend (Adam only): flat device arrays
+    by state name, checked here (cheaply) and launched."""
+    state = {k: a for k, a in arrays.items() if k not in ("param", "grad", "master_param")}
+    adam_(arrays["param"], arrays["grad"], state, arrays.get("master_param"), hp,
+          state_dtype=state_dtype, gscale=gscale, clip=clip, rounding=param_rounding,
+          param_format=param_format, index_base=index_base)
+
+
+def grad_stats(grads, formats, gscale, clip, write):
+    """``(sum of squares, all finite)`` of device gradient buffers (see
+    :func:`fastadam.lowp.grad_stats`): every buffer is checked first, then one
+    reduction kernel per buffer adds into one 2-element float64 device array, read
+    back with one copy."""
+    checked = []
+    for k, g in enumerate(grads):
+        fmt = formats[k]
+        c = check({"grads": g}, {"grads": (("float16", "bfloat16") + _FLOAT, None)},
+                  ("grads",) if write else (), first_fmt=fmt)
+        gf = c.fmts["grads"]
+        if c.views["grads"].dtype == np.uint16 and gf is None:
+            raise TypeError(f"grads[{k}] holds uint16 bits: name their format in formats")
+        if gf is not None and write:
+            raise ValueError("write=True needs float32/float64 gradients")
+        checked.append((c, gf))
+    live = [(c, gf) for c, gf in checked if c.n]
+    if not live:
+        return 0.0, True
+    info0 = live[0][0].info
+    with K._on_device(None if SIMULATOR else info0.device):
+        stream = K._stream_of(info0)
+        if SIMULATOR:
+            out = hout = cuda.to_device(np.zeros(2, np.float64))
+        else:  # pragma: no cover - real GPU: a device and a pinned host pair, made once
+            buf = _stats_buffers.get(info0.device)
+            if buf is None:
+                buf = _stats_buffers[info0.device] = (cuda.device_array(2, np.float64),
+                                                      cuda.pinned_array(2, np.float64))
+            out, hout = buf
+            hout[:] = 0
+            out.copy_to_device(hout, stream=stream)
+        for c, gf in live:
+            g = c.views["grads"]
+            dt = np.dtype(np.float32) if gf is not None else np.dtype(g.dtype)
+            f = dt.type
+            args = (g, np.float64(0), f(np.finfo(dt).max), f(gscale), f(clip), bool(write),
+                    out)
+            name = f"sumsq_{gf or 'float'}"
+            k = get(name)
+            k[_blocks_for(c.n, RED_THREADS), RED_THREADS, stream](*args)
+        if SIMULATOR:
+            res = out.copy_to_host()
+        else:  # pragma: no cover - real GPU
+            out.copy_to_host(hout, stream=stream)
+            if stream:
+                stream.synchronize()
+            res = hout.copy()
+    return float(res[0]), bool(res[1] == 0)
+
+
+#: Per device: the 2-element float64 accumulator of grad_stats and its pinned host copy
+#: (reused by every call; calls from several host threads at once are not supported).
+_stats_buffers: dict = {}
