@@ -72,7 +72,7 @@ from .._config import FASTMATH, PARALLEL_THRESHOLD
 from ..rules import adam as _adam_r
 from ..rules import codecs as _codecs_r
 from . import _blocked
-from ._blocked import k_prefetch  # noqa: F401  (shared; also used by benchmarks)
+from ._blocked import k_prefetch
 from ._variants import KernelVariants
 
 INT8_BLOCK = _codecs_r.INT8_BLOCK
