@@ -171,6 +171,25 @@ def test_parallel_loop_equals_serial_loop(name, dtype, monkeypatch):
 
 
 @needs_ext
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "rmsprop_centered_momentum"])
+def test_parallel_sub_blocks_equal_the_serial_loop(name, dtype, monkeypatch):
+    """Past 8 MiB per array the parallel loops run in prefetched sub-blocks (a ragged
+    tail included): the same bits as the serial loop."""
+    opt, hp = KERNEL_HP[name]
+    _, scal = getattr(_scalars, opt)(np.dtype(dtype), **hp)
+    n = (8 << 20) // np.dtype(dtype).itemsize + 4099
+    base = _inputs(name, n, dtype, 5, special=True)
+    ser = [a.copy() for a in base]
+    par = [a.copy() for a in base]
+    monkeypatch.setattr(_config, "PARALLEL_THRESHOLD", 1 << 40)
+    cyb.run(name, ser, scal)
+    monkeypatch.setattr(_config, "PARALLEL_THRESHOLD", 1)
+    cyb.run(name, par, scal)
+    for x, y in zip(par, ser):
+        np.testing.assert_array_equal(x, y)
+
+
+@needs_ext
 def test_float32_arithmetic_stays_float32():
     """A float64 promotion anywhere would change float32 results: compare with a
     float32 NumPy evaluation of the Adam rule, op by op, and with a float64 one."""

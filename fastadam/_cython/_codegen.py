@@ -28,6 +28,17 @@ Anything else, numeric literals included (they would break the float
 discipline), is refused with an error naming the rule and line, so a rule edit
 that Cython cannot follow fails the build rather than silently diverging.
 
+Each rule also gets its loop, ``_loop_<name>(arrays..., n, scalars..., parallel)``
+(:func:`translate_loop`; the arrays are the parameter, the gradient and the
+states the rule returns, in parameter order), written once here as
+:data:`LOOP_TEMPLATE` for every kernel: a serial loop; a plain OpenMP
+``prange`` for parallel calls under :data:`MIN_BYTES`; above, the prefetched
+sub-block form of the numba kernels (``fastadam/kernels/_blocked.py``): each
+work item of :data:`CHUNK` elements runs in sub-blocks of :data:`SUB_LINES`
+cache lines, each first issuing one prefetch hint (``__builtin_prefetch``;
+a no-op on compilers without it) per 64-byte line of every array for the lines
+:data:`AHEAD_LINES` ahead, then the element loop.  Prefetches change no result.
+
 This module uses only the standard library: ``_build_ext.py`` loads it by path,
 in the isolated build environment where fastadam itself is not importable.
 """
@@ -59,6 +70,71 @@ cdef inline floating _abs(floating x) noexcept nogil:
         return fabsf(x)
     else:
         return fabs(x)
+
+
+cdef extern from *:
+    """
+    /* A read prefetch hint, kept in all cache levels; never faults, changes no
+       result.  A no-op where the compiler has no __builtin_prefetch. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FASTADAM_PREFETCH(addr) __builtin_prefetch((const void*)(addr), 0, 3)
+    #else
+    #define FASTADAM_PREFETCH(addr) ((void)(addr))
+    #endif
+    """
+    void _prefetch "FASTADAM_PREFETCH"(const void* addr) noexcept nogil
+'''
+
+#: Elements per parallel work item of the sub-block loop.
+CHUNK = 4096
+#: Bytes per cache line: one prefetch hint each.
+LINE = 64
+#: Cache lines per sub-block (128 float32 / 64 float64 elements).
+SUB_LINES = 8
+#: Prefetch distance in cache lines (4 KiB ahead).
+AHEAD_LINES = 64
+#: Smallest buffer, in bytes per array, run in sub-blocks (2M float32 elements); under
+#: it the plain ``prange`` loop, as fast there (data in or near cache).
+MIN_BYTES = 8 << 20
+
+LOOP_HEADER = f'''
+
+# --- loops: one per rule, all of the form LOOP_TEMPLATE (_codegen.py) ----------
+
+cdef enum:
+    _CHUNK = {CHUNK}
+    _LINE = {LINE}
+    _SUB_LINES = {SUB_LINES}
+    _AHEAD_LINES = {AHEAD_LINES}
+    _MIN_BYTES = {MIN_BYTES}
+'''
+
+LOOP_TEMPLATE = '''
+cdef void _loop_{name}({sig}) noexcept nogil:
+    """The loop of rule_{name}: serial, plain prange, or prefetched sub-blocks."""
+    cdef Py_ssize_t i, c, lo, hi, end, k
+    cdef Py_ssize_t line = _LINE // sizeof(floating)
+    cdef Py_ssize_t sub = _SUB_LINES * line
+    cdef Py_ssize_t ahead = _AHEAD_LINES * line
+    if not parallel:
+        for i in range(n):
+            rule_{name}({call})
+    elif n < _MIN_BYTES // <Py_ssize_t>sizeof(floating):
+        for i in prange(n, schedule="static"):
+            rule_{name}({call})
+    else:
+        for c in prange((n + _CHUNK - 1) // _CHUNK, schedule="static"):
+            lo = c * _CHUNK
+            end = min(lo + _CHUNK, n)
+            while lo < end:
+                hi = min(lo + sub, end)
+                k = 0
+                while k < sub:
+{prefetch}
+                    k = k + line
+                for i in range(lo, hi):
+                    rule_{name}({call})
+                lo = hi
 '''
 
 _ALLOWED_EXPR = (ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.IfExp, ast.Name,
@@ -201,6 +277,35 @@ def translate_function(fn: ast.FunctionDef, where: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def translate_loop(fn: ast.FunctionDef, where: str) -> str:
+    """The Cython text of the loop ``_loop_<name>`` of one rule (:data:`LOOP_TEMPLATE`).
+
+    A rule returning ``k`` values has ``k + 1`` arrays: its first parameter (the
+    param, written with the first value), its second (the gradient, read only) and
+    the next ``k - 1`` (the states, written with the other values, in order); its
+    other parameters are the scalars.
+    """
+    params = [x.arg for x in fn.args.args]
+    ret = fn.body[-1].value
+    nout = len(ret.elts) if isinstance(ret, ast.Tuple) else 1
+    if len(params) < nout + 1:
+        raise RuleTranslationError(f"{where}::{fn.name}: returns more values than it has "
+                                   f"state parameters")
+    arrays = params[:nout + 1]
+    outs = [arrays[0]] + arrays[2:]
+    scalars = params[len(arrays):]
+    bools = _bool_params(fn.body, params)
+    sig = [("const floating* " if k == 1 else "floating* ") + a for k, a in enumerate(arrays)]
+    sig += ["Py_ssize_t n"]
+    sig += [("bint " if s in bools else "floating ") + s for s in scalars]
+    sig += ["bint parallel"]
+    call = [f"{a}[i]" for a in arrays] + scalars + [f"&{a}[i]" for a in outs]
+    return LOOP_TEMPLATE.format(
+        name=fn.name, sig=",\n        ".join(sig), call=", ".join(call),
+        prefetch="\n".join(f"                    _prefetch(&{a}[lo + ahead + k])"
+                           for a in arrays))
+
+
 def translate_module(source: str, where: str) -> list:
     tree = ast.parse(source)
     out = []
@@ -229,6 +334,13 @@ def generate(rules_dir) -> str:
         parts.append(f"\n# --- from fastadam/rules/{name}.py " + "-" * (50 - len(name)) + "\n")
         for text in translate_module(path.read_text(), f"fastadam/rules/{name}.py"):
             parts.append("\n" + text)
+    parts.append(LOOP_HEADER)
+    for name in RULE_MODULES:
+        where = f"fastadam/rules/{name}.py"
+        tree = ast.parse((rules_dir / f"{name}.py").read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                parts.append("\n" + translate_loop(node, where))
     return "".join(parts)
 
 

@@ -5,9 +5,13 @@
 Declared in ``kernels.pxd`` (documented there; also re-exported by
 ``fastadam/capi.pxd``).  Each loop applies the rule of :mod:`fastadam.rules`,
 translated to Cython at build time into ``_rules.pxi`` by ``_codegen.py``, to
-every element: an OpenMP ``prange`` (static schedule) when ``parallel`` is
-nonzero, a plain loop otherwise.  ``cdivision=True`` gives IEEE division (x/0 is
-inf or nan, as in NumPy and numba), never a Python ZeroDivisionError.
+every element.  The loops (``_loop_adam``, ...) are generated there too, all
+from one template (``_codegen.LOOP_TEMPLATE``): a plain loop when ``parallel``
+is zero; otherwise an OpenMP ``prange`` (static schedule), which for buffers of
+8 MiB and more runs in prefetched sub-blocks like the numba kernels
+(``fastadam/kernels/_blocked.py``), with the same results.  ``cdivision=True``
+gives IEEE division (x/0 is inf or nan, as in NumPy and numba), never a Python
+ZeroDivisionError.
 
 Each API function (``adam``, ...) is a thin wrapper around its loop
 (``_loop_adam``, ...): the build compiles the loops in a baseline and an AVX2
@@ -64,21 +68,6 @@ cdef void adam(floating* p, const floating* g, floating* m, floating* v, Py_ssiz
                inv_bc2_sqrt, eps, parallel)
 
 
-cdef void _loop_adam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
-                     floating gsign, floating l2, floating decay, floating omb1, floating beta2,
-                     floating omb2, floating neg_step, floating inv_bc2_sqrt, floating eps,
-                     bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_adam(p[i], g[i], m[i], v[i], gsign, l2, decay, omb1, beta2, omb2, neg_step,
-                      inv_bc2_sqrt, eps, &p[i], &m[i], &v[i])
-    else:
-        for i in range(n):
-            rule_adam(p[i], g[i], m[i], v[i], gsign, l2, decay, omb1, beta2, omb2, neg_step,
-                      inv_bc2_sqrt, eps, &p[i], &m[i], &v[i])
-
-
 cdef void adam_amsgrad(floating* p, const floating* g, floating* m, floating* v,
                        floating* vmax, Py_ssize_t n,
                        floating gsign, floating l2, floating decay, floating omb1,
@@ -88,42 +77,10 @@ cdef void adam_amsgrad(floating* p, const floating* g, floating* m, floating* v,
                        neg_step, inv_bc2_sqrt, eps, parallel)
 
 
-cdef void _loop_adam_amsgrad(floating* p, const floating* g, floating* m, floating* v,
-                             floating* vmax, Py_ssize_t n,
-                             floating gsign, floating l2, floating decay, floating omb1,
-                             floating beta2, floating omb2, floating neg_step,
-                             floating inv_bc2_sqrt, floating eps, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_adam_amsgrad(p[i], g[i], m[i], v[i], vmax[i], gsign, l2, decay, omb1,
-                              beta2, omb2, neg_step, inv_bc2_sqrt, eps, &p[i], &m[i], &v[i],
-                              &vmax[i])
-    else:
-        for i in range(n):
-            rule_adam_amsgrad(p[i], g[i], m[i], v[i], vmax[i], gsign, l2, decay, omb1,
-                              beta2, omb2, neg_step, inv_bc2_sqrt, eps, &p[i], &m[i], &v[i],
-                              &vmax[i])
-
-
 cdef void rmsprop(floating* p, const floating* g, floating* sq, Py_ssize_t n,
                   floating gsign, floating l2, floating alpha, floating oma, floating neg_lr,
                   floating eps, bint parallel) noexcept nogil:
     _loop_rmsprop(p, g, sq, n, gsign, l2, alpha, oma, neg_lr, eps, parallel)
-
-
-cdef void _loop_rmsprop(floating* p, const floating* g, floating* sq, Py_ssize_t n,
-                        floating gsign, floating l2, floating alpha, floating oma, floating neg_lr,
-                        floating eps, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_rmsprop(p[i], g[i], sq[i], gsign, l2, alpha, oma, neg_lr, eps, &p[i],
-                         &sq[i])
-    else:
-        for i in range(n):
-            rule_rmsprop(p[i], g[i], sq[i], gsign, l2, alpha, oma, neg_lr, eps, &p[i],
-                         &sq[i])
 
 
 cdef void rmsprop_momentum(floating* p, const floating* g, floating* sq, floating* buf,
@@ -134,42 +91,12 @@ cdef void rmsprop_momentum(floating* p, const floating* g, floating* sq, floatin
                            momentum, parallel)
 
 
-cdef void _loop_rmsprop_momentum(floating* p, const floating* g, floating* sq, floating* buf,
-                                 Py_ssize_t n, floating gsign, floating l2, floating alpha,
-                                 floating oma, floating neg_lr, floating eps, floating momentum,
-                                 bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_rmsprop_momentum(p[i], g[i], sq[i], buf[i], gsign, l2, alpha, oma, neg_lr,
-                                  eps, momentum, &p[i], &sq[i], &buf[i])
-    else:
-        for i in range(n):
-            rule_rmsprop_momentum(p[i], g[i], sq[i], buf[i], gsign, l2, alpha, oma, neg_lr,
-                                  eps, momentum, &p[i], &sq[i], &buf[i])
-
-
 cdef void rmsprop_centered(floating* p, const floating* g, floating* sq, floating* ga,
                            Py_ssize_t n, floating gsign, floating l2, floating alpha,
                            floating oma, floating neg_lr, floating eps,
                            bint parallel) noexcept nogil:
     _loop_rmsprop_centered(p, g, sq, ga, n, gsign, l2, alpha, oma, neg_lr, eps,
                            parallel)
-
-
-cdef void _loop_rmsprop_centered(floating* p, const floating* g, floating* sq, floating* ga,
-                                 Py_ssize_t n, floating gsign, floating l2, floating alpha,
-                                 floating oma, floating neg_lr, floating eps,
-                                 bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_rmsprop_centered(p[i], g[i], sq[i], ga[i], gsign, l2, alpha, oma, neg_lr,
-                                  eps, &p[i], &sq[i], &ga[i])
-    else:
-        for i in range(n):
-            rule_rmsprop_centered(p[i], g[i], sq[i], ga[i], gsign, l2, alpha, oma, neg_lr,
-                                  eps, &p[i], &sq[i], &ga[i])
 
 
 cdef void rmsprop_centered_momentum(floating* p, const floating* g, floating* sq,
@@ -181,56 +108,15 @@ cdef void rmsprop_centered_momentum(floating* p, const floating* g, floating* sq
                                     eps, momentum, parallel)
 
 
-cdef void _loop_rmsprop_centered_momentum(floating* p, const floating* g, floating* sq,
-                                          floating* ga, floating* buf, Py_ssize_t n,
-                                          floating gsign, floating l2, floating alpha,
-                                          floating oma, floating neg_lr, floating eps,
-                                          floating momentum, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_rmsprop_centered_momentum(p[i], g[i], sq[i], ga[i], buf[i], gsign, l2,
-                                           alpha, oma, neg_lr, eps, momentum, &p[i], &sq[i],
-                                           &ga[i], &buf[i])
-    else:
-        for i in range(n):
-            rule_rmsprop_centered_momentum(p[i], g[i], sq[i], ga[i], buf[i], gsign, l2,
-                                           alpha, oma, neg_lr, eps, momentum, &p[i], &sq[i],
-                                           &ga[i], &buf[i])
-
-
 cdef void adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n,
                   floating gsign, floating l2, floating neg_clr, floating eps,
                   bint parallel) noexcept nogil:
     _loop_adagrad(p, g, s, n, gsign, l2, neg_clr, eps, parallel)
 
 
-cdef void _loop_adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n,
-                        floating gsign, floating l2, floating neg_clr, floating eps,
-                        bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_adagrad(p[i], g[i], s[i], gsign, l2, neg_clr, eps, &p[i], &s[i])
-    else:
-        for i in range(n):
-            rule_adagrad(p[i], g[i], s[i], gsign, l2, neg_clr, eps, &p[i], &s[i])
-
-
 cdef void sgd(floating* p, const floating* g, Py_ssize_t n,
               floating gsign, floating l2, floating neg_lr, bint parallel) noexcept nogil:
     _loop_sgd(p, g, n, gsign, l2, neg_lr, parallel)
-
-
-cdef void _loop_sgd(floating* p, const floating* g, Py_ssize_t n,
-                    floating gsign, floating l2, floating neg_lr, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_sgd(p[i], g[i], gsign, l2, neg_lr, &p[i])
-    else:
-        for i in range(n):
-            rule_sgd(p[i], g[i], gsign, l2, neg_lr, &p[i])
 
 
 cdef void sgd_momentum(floating* p, const floating* g, floating* buf, Py_ssize_t n,
@@ -240,38 +126,10 @@ cdef void sgd_momentum(floating* p, const floating* g, floating* buf, Py_ssize_t
                        parallel)
 
 
-cdef void _loop_sgd_momentum(floating* p, const floating* g, floating* buf, Py_ssize_t n,
-                             floating gsign, floating l2, floating neg_lr, floating momentum,
-                             floating omd, bint first, bint nesterov, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_sgd_momentum(p[i], g[i], buf[i], gsign, l2, neg_lr, momentum, omd, first,
-                              nesterov, &p[i], &buf[i])
-    else:
-        for i in range(n):
-            rule_sgd_momentum(p[i], g[i], buf[i], gsign, l2, neg_lr, momentum, omd, first,
-                              nesterov, &p[i], &buf[i])
-
-
 cdef void adadelta(floating* p, const floating* g, floating* sq, floating* acc, Py_ssize_t n,
                    floating gsign, floating l2, floating rho, floating omr, floating neg_lr,
                    floating eps, bint parallel) noexcept nogil:
     _loop_adadelta(p, g, sq, acc, n, gsign, l2, rho, omr, neg_lr, eps, parallel)
-
-
-cdef void _loop_adadelta(floating* p, const floating* g, floating* sq, floating* acc, Py_ssize_t n,
-                         floating gsign, floating l2, floating rho, floating omr, floating neg_lr,
-                         floating eps, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_adadelta(p[i], g[i], sq[i], acc[i], gsign, l2, rho, omr, neg_lr, eps,
-                          &p[i], &sq[i], &acc[i])
-    else:
-        for i in range(n):
-            rule_adadelta(p[i], g[i], sq[i], acc[i], gsign, l2, rho, omr, neg_lr, eps,
-                          &p[i], &sq[i], &acc[i])
 
 
 cdef void nadam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
@@ -282,36 +140,7 @@ cdef void nadam(floating* p, const floating* g, floating* m, floating* v, Py_ssi
                 cm, parallel)
 
 
-cdef void _loop_nadam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
-                      floating gsign, floating l2, floating decay, floating omb1, floating beta2,
-                      floating omb2, floating inv_bc2, floating eps, floating cg, floating cm,
-                      bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_nadam(p[i], g[i], m[i], v[i], gsign, l2, decay, omb1, beta2, omb2, inv_bc2,
-                       eps, cg, cm, &p[i], &m[i], &v[i])
-    else:
-        for i in range(n):
-            rule_nadam(p[i], g[i], m[i], v[i], gsign, l2, decay, omb1, beta2, omb2, inv_bc2,
-                       eps, cg, cm, &p[i], &m[i], &v[i])
-
-
 cdef void adamax(floating* p, const floating* g, floating* m, floating* u, Py_ssize_t n,
                  floating gsign, floating l2, floating omb1, floating beta2, floating eps,
                  floating neg_clr, bint parallel) noexcept nogil:
     _loop_adamax(p, g, m, u, n, gsign, l2, omb1, beta2, eps, neg_clr, parallel)
-
-
-cdef void _loop_adamax(floating* p, const floating* g, floating* m, floating* u, Py_ssize_t n,
-                       floating gsign, floating l2, floating omb1, floating beta2, floating eps,
-                       floating neg_clr, bint parallel) noexcept nogil:
-    cdef Py_ssize_t i
-    if parallel:
-        for i in prange(n, schedule="static"):
-            rule_adamax(p[i], g[i], m[i], u[i], gsign, l2, omb1, beta2, eps, neg_clr, &p[i],
-                        &m[i], &u[i])
-    else:
-        for i in range(n):
-            rule_adamax(p[i], g[i], m[i], u[i], gsign, l2, omb1, beta2, eps, neg_clr, &p[i],
-                        &m[i], &u[i])
