@@ -171,6 +171,35 @@ def bench_size(torch, F, backend, n, args):
             {k: statistics.median(x) for k, x in host.items()})
 
 
+def gpu_setup(prog: str, block_size=None):
+    """``(torch, the cuda backend, fastadam.kernels.cuda)`` for a run on a real GPU, with
+    ``BLOCK_SIZE`` set when ``block_size`` is given; or None after saying on stderr why
+    nothing can be measured (no torch, no CUDA GPU, no cuda backend, the simulator)."""
+    try:
+        import torch
+    except ImportError:
+        print(f"{prog}: needs PyTorch with CUDA (pip install torch==2.13.0)", file=sys.stderr)
+        return None
+    if not torch.cuda.is_available():
+        print(f"{prog}: needs a CUDA GPU (torch.cuda.is_available() is False); nothing "
+              "measured", file=sys.stderr)
+        return None
+    from fastadam import _backends
+    try:
+        backend = _backends.get_backend("cuda")
+    except _backends.BackendUnavailableError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
+    from fastadam.kernels import cuda as K
+    if K.SIMULATOR:
+        print(f"{prog}: NUMBA_ENABLE_CUDASIM is set; timings would be meaningless",
+              file=sys.stderr)
+        return None
+    if block_size:
+        K.BLOCK_SIZE = block_size
+    return torch, backend, K
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -178,29 +207,11 @@ def main(argv=None) -> int:
     except ImportError:  # run from a checkout: python benchmarks/gpu_adam.py
         import os
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        import torch
-    except ImportError:
-        print("gpu_adam: needs PyTorch with CUDA (pip install torch==2.13.0)", file=sys.stderr)
+    ready = gpu_setup("gpu_adam", args.block_size)
+    if ready is None:
         return 2
-    if not torch.cuda.is_available():
-        print("gpu_adam: needs a CUDA GPU (torch.cuda.is_available() is False); nothing "
-              "measured", file=sys.stderr)
-        return 2
+    torch, backend, K = ready
     import fastadam.functional as F
-    from fastadam import _backends
-    try:
-        backend = _backends.get_backend("cuda")
-    except _backends.BackendUnavailableError as e:
-        print(f"gpu_adam: {e}", file=sys.stderr)
-        return 2
-    from fastadam.kernels import cuda as K
-    if K.SIMULATOR:
-        print("gpu_adam: NUMBA_ENABLE_CUDASIM is set; timings would be meaningless",
-              file=sys.stderr)
-        return 2
-    if args.block_size:
-        K.BLOCK_SIZE = args.block_size
     name = torch.cuda.get_device_name()
     peak = args.peak_gbs or peak_bandwidth_gbs(name)
     peak_s = f"{peak:.0f} GB/s" if peak else "unknown (pass --peak-gbs)"

@@ -33,7 +33,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpu_adam import _gpu_time, parse_size, peak_bandwidth_gbs  # noqa: E402
+from gpu_adam import _gpu_time, gpu_setup, parse_size, peak_bandwidth_gbs  # noqa: E402
 
 BYTES = {"fp32": 28, "bf16": 20, "int8": 16 + 16 / 256, "bf16+clip": 20, "master-f16": 20,
          "master-bf16": 20, "grad-stats": 4, "stats-kernel": 4, "torch-fused": 28, "copy": 28}
@@ -153,28 +153,10 @@ def _print_regs():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import torch
-    except ImportError:
-        print("gpu_lowp: needs PyTorch with CUDA; nothing measured", file=sys.stderr)
+    ready = gpu_setup("gpu_lowp", args.block_size)
+    if ready is None:
         return 2
-    if not torch.cuda.is_available():
-        print("gpu_lowp: needs a CUDA GPU (torch.cuda.is_available() is False); nothing "
-              "measured", file=sys.stderr)
-        return 2
-    from fastadam import _backends
-    try:
-        _backends.get_backend("cuda")
-    except _backends.BackendUnavailableError as e:
-        print(f"gpu_lowp: {e}", file=sys.stderr)
-        return 2
-    from fastadam.kernels import cuda as K
-    if K.SIMULATOR:
-        print("gpu_lowp: NUMBA_ENABLE_CUDASIM is set; timings would be meaningless",
-              file=sys.stderr)
-        return 2
-    if args.block_size:
-        K.BLOCK_SIZE = args.block_size
+    torch = ready[0]
     name = torch.cuda.get_device_name()
     peak = args.peak_gbs or peak_bandwidth_gbs(name)
     print(f"# {name}; theoretical bandwidth {peak or 'unknown'} GB/s; torch {torch.__version__}; "

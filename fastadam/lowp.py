@@ -616,14 +616,14 @@ class StateBackend:
         self.name = inner.name
         self.state_dtype = state_dtype
         self.param_rounding = param_rounding
-        #: address of a flat parameter buffer -> index of its element 0 among all the
+        #: id of a flat parameter buffer -> index of its element 0 among all the
         #: optimizer's elements (stochastic rounding draws distinct bits per element;
         #: set by the façade, see fastadam.optim.adam.Adam._wrap_backend)
         self.bases = {}
 
     def index_base(self, param) -> int:
         """The stochastic-rounding index base of flat buffer ``param`` (0 if unknown)."""
-        return self.bases.get(param.ctypes.data, 0) if self.bases else 0
+        return self.bases.get(id(param), 0) if self.bases else 0
 
     def check(self, named, outputs):  # pragma: no cover - the façade owns its arrays
         return self.inner.check(named, outputs)

@@ -154,12 +154,11 @@ def test_every_kernel_equals_numba_special_values(name, spec, dtype):
             np.testing.assert_array_equal(x, y, err_msg=f"{name}: array {i}, seed {seed}")
 
 
-@needs_ext
-@pytest.mark.parametrize("name", sorted(KERNEL_HP))
-def test_parallel_loop_equals_serial_loop(name, dtype, monkeypatch):
+def _check_parallel_equals_serial(name, dtype, n, seed, monkeypatch):
+    """Kernel ``name`` on ``n`` elements: the parallel loop gives the serial loop's bits."""
     opt, hp = KERNEL_HP[name]
     _, scal = getattr(_scalars, opt)(np.dtype(dtype), **hp)
-    base = _inputs(name, 10007, dtype, 3, special=True)
+    base = _inputs(name, n, dtype, seed, special=True)
     ser = [a.copy() for a in base]
     par = [a.copy() for a in base]
     monkeypatch.setattr(_config, "PARALLEL_THRESHOLD", 1 << 40)
@@ -168,6 +167,12 @@ def test_parallel_loop_equals_serial_loop(name, dtype, monkeypatch):
     cyb.run(name, par, scal)
     for x, y in zip(par, ser):
         np.testing.assert_array_equal(x, y)
+
+
+@needs_ext
+@pytest.mark.parametrize("name", sorted(KERNEL_HP))
+def test_parallel_loop_equals_serial_loop(name, dtype, monkeypatch):
+    _check_parallel_equals_serial(name, dtype, 10007, 3, monkeypatch)
 
 
 @needs_ext
@@ -175,18 +180,8 @@ def test_parallel_loop_equals_serial_loop(name, dtype, monkeypatch):
 def test_parallel_sub_blocks_equal_the_serial_loop(name, dtype, monkeypatch):
     """Past 8 MiB per array the parallel loops run in prefetched sub-blocks (a ragged
     tail included): the same bits as the serial loop."""
-    opt, hp = KERNEL_HP[name]
-    _, scal = getattr(_scalars, opt)(np.dtype(dtype), **hp)
     n = (8 << 20) // np.dtype(dtype).itemsize + 4099
-    base = _inputs(name, n, dtype, 5, special=True)
-    ser = [a.copy() for a in base]
-    par = [a.copy() for a in base]
-    monkeypatch.setattr(_config, "PARALLEL_THRESHOLD", 1 << 40)
-    cyb.run(name, ser, scal)
-    monkeypatch.setattr(_config, "PARALLEL_THRESHOLD", 1)
-    cyb.run(name, par, scal)
-    for x, y in zip(par, ser):
-        np.testing.assert_array_equal(x, y)
+    _check_parallel_equals_serial(name, dtype, n, 5, monkeypatch)
 
 
 @needs_ext

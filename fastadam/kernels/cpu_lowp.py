@@ -72,19 +72,21 @@ from .._config import FASTMATH, PARALLEL_THRESHOLD
 from ..rules import adam as _adam_r
 from ..rules import codecs as _codecs_r
 from . import _blocked
-from ._blocked import k_prefetch
+from ._blocked import k_prefetch, prefetch_ahead
 from ._variants import KernelVariants
 
 INT8_BLOCK = _codecs_r.INT8_BLOCK
 #: Parallel work items per thread in the int8 kernel (each allocates one 2 KiB scratch).
 _CHUNKS_PER_THREAD = 4
 #: Elements per parallel work item of the bf16 kernel.
-_CHUNK = 4096
-#: Elements per sub-block of the Adam kernels: each sub-block first prefetches the
-#: sub-block :data:`_PREFETCH_ADAM` elements ahead, then runs its vectorized loop.
-_SUB = 128
-#: Software-prefetch distance of the Adam kernels, in elements (see :func:`k_prefetch`).
-_PREFETCH_ADAM = 1024
+_CHUNK = _blocked.CHUNK
+#: float32 elements per sub-block of the Adam kernels (the sub-block of :mod:`._blocked`,
+#: 128): each sub-block first prefetches the sub-block :data:`_PREFETCH_ADAM` elements
+#: ahead, then runs its vectorized loop.
+_SUB = _blocked.SUB_LINES * _blocked.LINE // 4
+#: Software-prefetch distance of the Adam kernels in float32 elements (:mod:`._blocked`'s,
+#: 1024).
+_PREFETCH_ADAM = _blocked.AHEAD_LINES * _blocked.LINE // 4
 #: Blocks per parallel work item of the gradient-norm pass.
 _SUMSQ_BLOCKS = 16
 #: Software-prefetch distance of the gradient-norm pass, in elements.
@@ -335,12 +337,10 @@ def adam_bf16(p, g, m, v, seed_m, seed_v, gscale, clip, s0, s1, s2, s3, s4, s5, 
         for lo in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n), _SUB):
             hi = min(lo + _SUB, n)
             # prefetch the sub-block _PREFETCH_ADAM elements ahead (one hint per line)
-            for k in range(0, _SUB, 16):
-                k_prefetch(p, lo + _PREFETCH_ADAM + k)
-                k_prefetch(g, lo + _PREFETCH_ADAM + k)
-            for k in range(0, _SUB, 32):
-                k_prefetch(m, lo + _PREFETCH_ADAM + k)
-                k_prefetch(v, lo + _PREFETCH_ADAM + k)
+            prefetch_ahead(p, lo + _PREFETCH_ADAM, _SUB)
+            prefetch_ahead(g, lo + _PREFETCH_ADAM, _SUB)
+            prefetch_ahead(m, lo + _PREFETCH_ADAM, _SUB)
+            prefetch_ahead(v, lo + _PREFETCH_ADAM, _SUB)
             pb = p[lo:hi]
             gb = g[lo:hi]
             mb = m[lo:hi]
@@ -397,12 +397,10 @@ def adam_int8(p, g, mq, ms, vq, vs, nwork, gscale, clip, qmax, s0, s1, s2, s3, s
             am = np.uint32(0)
             av = np.uint32(0)
             for lo2 in range(lo, hi, _SUB):
-                for k in range(0, _SUB, 16):
-                    k_prefetch(p, lo2 + _PREFETCH_ADAM + k)
-                    k_prefetch(g, lo2 + _PREFETCH_ADAM + k)
-                for k in range(0, _SUB, 64):
-                    k_prefetch(mq, lo2 + _PREFETCH_ADAM + k)
-                    k_prefetch(vq, lo2 + _PREFETCH_ADAM + k)
+                prefetch_ahead(p, lo2 + _PREFETCH_ADAM, _SUB)
+                prefetch_ahead(g, lo2 + _PREFETCH_ADAM, _SUB)
+                prefetch_ahead(mq, lo2 + _PREFETCH_ADAM, _SUB)
+                prefetch_ahead(vq, lo2 + _PREFETCH_ADAM, _SUB)
                 hi2 = min(lo2 + _SUB, hi)
                 # sub-block views indexed from 0 (numba then knows the index is
                 # non-negative); bb[i] is buf[lo2 - lo + i]

@@ -142,7 +142,7 @@ class Adam(Optimizer):
             bases, base = {}, 0
             for fp in self.flat:
                 for fb in fp.buffers:
-                    bases[fb.data.ctypes.data] = base
+                    bases[id(fb.data)] = base        # the buffer object the steps pass
                     base += fb.size
             self._backend.bases = bases
 
