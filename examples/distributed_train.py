@@ -132,6 +132,9 @@ def main(argv=None) -> int:
             print(f"{args.mode} x {world} ranks ({device.type}), {args.optimizer} Adam, "
                   f"{n} params: loss {first:.4f} -> {last:.4f}; "
                   f"ranks agree: {mismatch.item() == 0}", flush=True)
+        # tear the process group down together: a rank that destroys it while rank 0 is
+        # still saving aborted once in CI ("terminate called without an active exception")
+        dist.barrier()
         return 0 if ok else 1
     finally:
         dist.destroy_process_group()
