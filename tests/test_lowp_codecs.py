@@ -301,10 +301,11 @@ def test_kernel_intrinsics_match_codecs():
 @pytest.mark.parametrize("n", [1, 127, 128, 129, 255, 257, 4095, 4097, 70001])
 def test_kernel_loop_copies_agree(sd, n):
     """adam_bf16 / adam_int8 keep two copies of their loop: with the gradient transform
-    (``clamp(g * gscale, clip)``) and without it (``gscale == 1``, ``clip`` +inf).  With
-    ``clip`` the largest float32 the transform is the identity on finite gradients, so
-    both copies must give the same bits; sizes straddle the sub-block (128), block (256),
-    work-item and parallel thresholds."""
+    (``clamp(g * gscale, clip)``) and without it (``gscale == 1``, ``clip`` +inf; it also
+    takes ``gsign == 1`` and ``l2 == 0`` as constants, so maximize and L2 decay use the
+    other copy either way).  With ``clip`` the largest float32 the transform is the
+    identity on finite gradients, so both copies must give the same bits; sizes straddle
+    the sub-block (128), block (256), work-item and parallel thresholds."""
     pytest.importorskip("numba")
     from fastadam import _scalars
     from fastadam.kernels import cpu_lowp as K

@@ -11,7 +11,7 @@ import pytest
 
 import fastadam
 import fastadam.functional as F
-from fastadam import master
+from fastadam import lowp, master
 from fastadam.rules import codecs, param_codecs
 
 numba = pytest.importorskip("numba")
@@ -710,3 +710,43 @@ def test_master_kernels_stay_float32(name, state):
     for op in ("fadd double", "fmul double", "fdiv double", "fsub double", "fpext float",
                "llvm.sqrt.f64"):
         assert op not in body, f"{name} does {op}"
+
+
+@pytest.mark.parametrize("name", ["master_bf16", "master_f16"])
+@pytest.mark.parametrize("state", ["float32", "bfloat16"])
+@pytest.mark.parametrize("n", [1, 129, 4097, 70001])
+def test_master_kernel_loop_copies_agree(name, state, n):
+    """The master-weight loops keep a plain copy (no gradient transform, ``gsign == 1``
+    and ``l2 == 0`` as constants) beside the general one.  With ``clip`` the largest
+    float32 the transform is the identity on finite gradients, so both copies must give
+    the same bits, for every option (maximize and L2 decay take the general copy either
+    way); sizes straddle the vector, sub-block, chunk and parallel thresholds."""
+    pytest.importorskip("numba")
+    from fastadam import _scalars
+    f = np.float32
+    fmax = f(np.finfo(np.float32).max)
+    rng = np.random.default_rng(n)
+    lo_dtype = BF16 if name == "master_bf16" else np.float16
+    w0 = rng.standard_normal(n).astype(f)
+    g = (rng.standard_normal(n) * np.exp(rng.uniform(-8, 2, n))).astype(lo_dtype)
+    m0 = (rng.standard_normal(n) * 0.1).astype(f)
+    v0 = (m0.astype(np.float64) ** 2 * rng.uniform(1, 9, n)).astype(f)
+    for opts in (dict(), dict(maximize=True), dict(weight_decay=0.1),
+                 dict(weight_decay=0.1, decoupled_weight_decay=True)):
+        hp = dict(step=5, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                  decoupled_weight_decay=False, amsgrad=False, maximize=False)
+        hp.update(opts)
+        _, sc = _scalars.adam(np.dtype(f), **hp)
+        out = []
+        for clip in (f(np.inf), fmax):          # no transform / the identity transform
+            w = w0.copy()
+            lo = np.zeros(n, np.uint16)
+            if state == "float32":
+                st = [m0.copy(), v0.copy()]
+            else:
+                st = [lowp.bf16_encode(m0), lowp.bf16_encode(v0)]
+            _K.run(name, (lo, g.view(np.uint16), w) + tuple(st),
+                   (np.uint32(11), np.uint32(12), np.uint32(13), True, f(1), clip) + sc)
+            out.append([lo, w] + st)
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))

@@ -53,7 +53,7 @@ from ..rules import param_codecs as _pc
 from . import _blocked
 from ._blocked import k_line, prefetch_ahead
 from ._variants import KernelVariants
-from .cpu_lowp import bits_f32, k_absbits_max, k_hash_index, k_hash_next
+from .cpu_lowp import _ONE, _ZERO, bits_f32, k_absbits_max, k_hash_index, k_hash_next
 
 INT8_BLOCK = _codecs_r.INT8_BLOCK
 #: Elements per parallel work item (the hashed index is a 32-bit induction variable).
@@ -228,8 +228,12 @@ def _pass(lb, gb, wb, mb, vb, h, seed_m, seed_v, seed_p, gscale, clip, s0, s1, s
         gj = k_lo_decode(gb[j], f16)
         if not plain:
             gj = c_clamp(gj * gscale, clip)
-        wi, mi, vi = r_adam(wb[j], gj, k_state_decode(mb[j]), k_state_decode(vb[j]),
-                            s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        if plain:   # gsign == 1, l2 == 0 as constants (see cpu_lowp.adam_bf16)
+            wi, mi, vi = r_adam(wb[j], gj, k_state_decode(mb[j]), k_state_decode(vb[j]),
+                                _ONE, _ZERO, s2, s3, s4, s5, s6, s7, s8)
+        else:
+            wi, mi, vi = r_adam(wb[j], gj, k_state_decode(mb[j]), k_state_decode(vb[j]),
+                                s0, s1, s2, s3, s4, s5, s6, s7, s8)
         wb[j] = wi
         mb[j] = k_state_encode(mb[j], mi, h, seed_m)
         vb[j] = k_state_encode(vb[j], vi, h, seed_v)
@@ -284,11 +288,21 @@ def _chunk(lo, g, w, m, v, a, z, pf, seed_m, seed_v, seed_p, sr, plain, gscale, 
 
 # --- the loops ---------------------------------------------------------------------
 
+@_inline
+def _plain(gscale, clip, gsign, l2):
+    """Whether the plain loop applies: no gradient transform (``clamp(g * 1, inf) == g``
+    for every g), ``gsign == 1`` and ``l2 == 0``."""
+    one = gscale / gscale
+    return (gscale == one and not clip <= bits_f32(_F32_MAX_BITS) and gsign == one
+            and l2 == one - one)
+
+
 def master_bf16(lo, g, w, m, v, seed_m, seed_v, seed_p, sr, gscale, clip,
                 s0, s1, s2, s3, s4, s5, s6, s7, s8):
     n = w.shape[0]
-    # clamp(g * 1, inf) == g for every g: the plain loop skips the transform
-    plain = gscale == gscale / gscale and not clip <= bits_f32(_F32_MAX_BITS)
+    # clamp(g * 1, inf) == g for every g: the plain loop skips the transform (and takes
+    # gsign == 1, l2 == 0 as constants)
+    plain = _plain(gscale, clip, s0, s1)
     pf = n >= _MIN_LINES * k_line(w)          # large arrays: prefetched sub-blocks
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         _chunk(lo, g, w, m, v, c * _CHUNK, min(c * _CHUNK + _CHUNK, n), pf, seed_m, seed_v,
@@ -298,7 +312,7 @@ def master_bf16(lo, g, w, m, v, seed_m, seed_v, seed_p, sr, gscale, clip,
 def master_f16(lo, g, w, m, v, seed_m, seed_v, seed_p, sr, gscale, clip,
                s0, s1, s2, s3, s4, s5, s6, s7, s8):
     n = w.shape[0]
-    plain = gscale == gscale / gscale and not clip <= bits_f32(_F32_MAX_BITS)
+    plain = _plain(gscale, clip, s0, s1)
     pf = n >= _MIN_LINES * k_line(w)
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         _chunk(lo, g, w, m, v, c * _CHUNK, min(c * _CHUNK + _CHUNK, n), pf, seed_m, seed_v,
