@@ -157,3 +157,32 @@ def rel_err(a, b):
         return 0.0
     scale = max(np.max(np.abs(b)), 1e-300)
     return float(np.max(np.abs(a - b)) / scale)
+
+
+#: Adam options that pick each of the reduced-precision kernels' loop copies: none (the
+#: plain copy), maximize (gsign -1), L2 decay (l2 != 0) and AdamW's decoupled decay.
+LOOP_COPY_OPTIONS = (dict(), dict(maximize=True), dict(weight_decay=0.1),
+                     dict(weight_decay=0.1, decoupled_weight_decay=True))
+
+
+def adam_kernel_scalars(opts, dtype=np.float32):
+    """The kernel scalars (:func:`fastadam._scalars.adam`, cast to ``dtype``) of an Adam
+    step 5 with lr 1e-2 and the given options (see :data:`LOOP_COPY_OPTIONS`)."""
+    from fastadam import _scalars
+    hp = dict(step=5, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+              decoupled_weight_decay=False, amsgrad=False, maximize=False)
+    hp.update(opts)
+    return _scalars.adam(np.dtype(dtype), **hp)[1]
+
+
+def loop_copy_problem(n, grad_dtype=np.float32):
+    """``(p, g, m, v)`` for the loop-copy tests: float32 parameters and moments (``v``
+    consistent with ``m``), gradient magnitudes spread over e**-8 .. e**2, in
+    ``grad_dtype``."""
+    f = np.float32
+    rng = np.random.default_rng(n)
+    p = rng.standard_normal(n).astype(f)
+    g = (rng.standard_normal(n) * np.exp(rng.uniform(-8, 2, n))).astype(grad_dtype)
+    m = (rng.standard_normal(n) * 0.1).astype(f)
+    v = (m.astype(np.float64) ** 2 * rng.uniform(1, 9, n)).astype(f)
+    return p, g, m, v

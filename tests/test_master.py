@@ -722,21 +722,12 @@ def test_master_kernel_loop_copies_agree(name, state, n):
     the same bits, for every option (maximize and L2 decay take the general copy either
     way); sizes straddle the vector, sub-block, chunk and parallel thresholds."""
     pytest.importorskip("numba")
-    from fastadam import _scalars
+    from cases import LOOP_COPY_OPTIONS, adam_kernel_scalars, loop_copy_problem
     f = np.float32
     fmax = f(np.finfo(np.float32).max)
-    rng = np.random.default_rng(n)
-    lo_dtype = BF16 if name == "master_bf16" else np.float16
-    w0 = rng.standard_normal(n).astype(f)
-    g = (rng.standard_normal(n) * np.exp(rng.uniform(-8, 2, n))).astype(lo_dtype)
-    m0 = (rng.standard_normal(n) * 0.1).astype(f)
-    v0 = (m0.astype(np.float64) ** 2 * rng.uniform(1, 9, n)).astype(f)
-    for opts in (dict(), dict(maximize=True), dict(weight_decay=0.1),
-                 dict(weight_decay=0.1, decoupled_weight_decay=True)):
-        hp = dict(step=5, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                  decoupled_weight_decay=False, amsgrad=False, maximize=False)
-        hp.update(opts)
-        _, sc = _scalars.adam(np.dtype(f), **hp)
+    w0, g, m0, v0 = loop_copy_problem(n, BF16 if name == "master_bf16" else np.float16)
+    for opts in LOOP_COPY_OPTIONS:
+        sc = adam_kernel_scalars(opts)
         out = []
         for clip in (f(np.inf), fmax):          # no transform / the identity transform
             w = w0.copy()
