@@ -16,7 +16,12 @@ contender interleaved in one process (see :func:`fastadam.bench.interleave`):
   then the update with the factor folded in (32 B/param);
 * ``roofline read ...``: a read-only pass over the gradient (the fastest form),
   so that the AMP step's own roofline is that pass plus the fastest Adam
-  roofline loop.
+  roofline loop;
+* ``roofline bf16 state ...`` / ``roofline int8 state ...``: the fastest loop
+  moving a reduced-precision step's bytes (float32 ``p``, ``g`` and moments of
+  2 / 1 bytes; :func:`fastadam._roofline.state_loops`), each state format's own
+  roofline: how far a kernel is from moving its bytes, and the speed-up over
+  the float32 roofline that no kernel of that format can pass on this machine.
 
 Targets (issue 8): bf16 state >= 1.3x and int8 state >= 1.6x faster than the
 float32 roofline; the AMP step >= 90% of its own roofline.
@@ -27,14 +32,17 @@ from __future__ import annotations
 import numpy as np
 
 HP = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
-#: contender -> (bytes moved per parameter, target speed-up over the fp32 roofline)
+#: contender -> (bytes moved per parameter, target speed-up over the fp32 roofline,
+#: the contender's own roofline: a prefix of the roofline contenders, or None)
 ROWS = {
-    "adam fp32 state": (28, None),
-    "adam bf16 state": (20, 1.3),
-    "adam int8 state": (16 + 16 / 256, 1.6),
-    "bf16 params, fp32 master": (28, None),
-    "bf16 params, bf16 state": (20, None),
+    "adam fp32 state": (28, None, "roofline parallel"),
+    "adam bf16 state": (20, 1.3, "roofline bf16 state"),
+    "adam int8 state": (16 + 16 / 256, 1.6, "roofline int8 state"),
+    "bf16 params, fp32 master": (28, None, None),
+    "bf16 params, bf16 state": (20, None, None),
 }
+#: state format -> bytes per moment element, for the state-format rooflines
+_STATE_ITEMSIZE = {"bf16": 2, "int8": 1}
 
 
 def contenders(n: int) -> dict:
@@ -90,22 +98,33 @@ def contenders(n: int) -> dict:
     out["amp step"] = lambda: opt.step(grad_scale=1024.0)
     from . import _roofline
     out.update(("roofline " + k, f) for k, f in _roofline.read_loops(g0.copy()).items())
+    for fmt, size in _STATE_ITEMSIZE.items():
+        arrays = (p0.copy(), g0.copy(), _roofline.state_words(n, size),
+                  _roofline.state_words(n, size))
+        out.update((f"roofline {fmt} state {k}", f)
+                   for k, f in _roofline.state_loops(*arrays, size).items())
     return out
 
 
 def summarize(n: int, medians: dict) -> dict:
     """Ratios of the section from the medians of :func:`contenders`' timings."""
     roof = min(t for k, t in medians.items() if k.startswith("roofline ")
-               and not k.startswith("roofline read"))
+               and not k.startswith(("roofline read", "roofline bf16", "roofline int8")))
     # the AMP step reads g (first pass), then makes an Adam step: the fastest of each
     roof_amp = roof + min(t for k, t in medians.items() if k.startswith("roofline read"))
     rows = []
-    for name, (nbytes, target) in ROWS.items():
+    for name, (nbytes, target, own) in ROWS.items():
         if name not in medians:
             continue
         t = medians[name]
+        own_s = (roof if own == "roofline parallel" else
+                 min((v for k, v in medians.items() if k.startswith(own + " ")), default=None)
+                 if own else None)
         rows.append(dict(contender=name, bytes_per_param=nbytes, median_s=t,
-                         vs_fp32_roofline=roof / t, bytes_ratio=28 / nbytes, target=target))
+                         vs_fp32_roofline=roof / t, bytes_ratio=28 / nbytes, target=target,
+                         own_roofline_s=own_s,
+                         own_vs_fp32_roofline=roof / own_s if own_s else None,
+                         pct_own_roofline=100.0 * own_s / t if own_s else None))
     return dict(size=n, roofline_s=roof, rows=rows, amp_s=medians["amp step"],
                 roofline_amp_s=roof_amp, amp_pct=100.0 * roof_amp / medians["amp step"])
 
@@ -114,13 +133,17 @@ def format_section(res: dict) -> str:
     from .bench import _fmt_time, _label
     lines = [f"Reduced precision and AMP, one buffer of {_label(res['size'])} params, against "
              f"the float32 Adam roofline ({_fmt_time(res['roofline_s']).strip()}, 28 B/param)",
+             "(own roofline: the fastest loop moving the contender's bytes; its speed-up is "
+             "the most any kernel of that format can reach here)",
              f"{'contender':<28} {'bytes/param':>11} {'median':>11} {'vs roofline':>11} "
-             f"{'bytes ratio':>11} {'target':>8}"]
+             f"{'bytes ratio':>11} {'own roofline':>12} {'% of own':>8} {'target':>8}"]
     for r in res["rows"]:
         tgt = f">= {r['target']:.1f}x" if r["target"] else "-"
+        own = (f"{r['own_vs_fp32_roofline']:11.2f}x {r['pct_own_roofline']:7.1f}%"
+               if r.get("own_roofline_s") else f"{'-':>12} {'-':>8}")
         lines.append(f"{r['contender']:<28} {r['bytes_per_param']:>11.2f} "
                      f"{_fmt_time(r['median_s'])} {r['vs_fp32_roofline']:10.2f}x "
-                     f"{r['bytes_ratio']:10.2f}x {tgt:>8}")
+                     f"{r['bytes_ratio']:10.2f}x {own} {tgt:>8}")
     lines.append(f"{'amp step':<28} {32:>11.2f} {_fmt_time(res['amp_s'])} "
                  f"{res['amp_pct']:9.1f}% of its roofline ({_fmt_time(res['roofline_amp_s']).strip()}"
                  f"; target >= 90%)")

@@ -22,6 +22,12 @@ takes the fastest of them at each size (:func:`loops` gives them all), so the
 limit is the fastest loop known for that traffic, not the one fastadam happens
 to choose.
 
+:func:`state_loops` gives the same for a step whose two moments are stored in a
+smaller type (bfloat16: 2 bytes, int8: 1 byte per element): float32 ``p`` and
+``g`` plus the moments' bytes, the roofline of the reduced-precision Adam steps
+of :mod:`fastadam.lowp` (the bound their speed-ups over the float32 roofline
+cannot pass on a given machine).
+
 Importing this module compiles nothing; :func:`get` compiles lazily (cached
 on disk by numba).
 """
@@ -184,6 +190,82 @@ def loops(arrays) -> dict:
         k = get(len(arrays), parallel, prefetch)
         out[label] = lambda k=k: k(*arrays, a)
     return out
+
+
+# --- reduced-precision state: float32 p and g, two moments of a smaller type -----------
+# The moments' bytes are moved as float32 words (the arrays of :func:`state_words`),
+# ``wps`` words of each per sub-block of _RSUB params, so that the loop is as simple as
+# the float32 ones: one multiply-add per written word.
+
+def state_words(n: int, itemsize: int):
+    """A float32 scratch array holding the bytes of ``n`` moment elements of ``itemsize``
+    bytes (whole sub-blocks: ``ceil(n / 128) * 128 * itemsize / 4`` words), for
+    :func:`state_loops`."""
+    import numpy as np
+    if itemsize not in (1, 2, 4):
+        raise ValueError(f"itemsize must be 1, 2 or 4, got {itemsize!r}")
+    subs = (n + _RSUB - 1) // _RSUB
+    return np.full(subs * (_RSUB * itemsize // 4), 0.5, dtype=np.float32)
+
+
+def _rw_state(p, g, s1, s2, wps, pf, a):
+    n = p.shape[0]
+    for c in prange((n + _RCHUNK - 1) // _RCHUNK):
+        for lo in range(c * _RCHUNK, min(c * _RCHUNK + _RCHUNK, n), _RSUB):
+            w = lo // _RSUB * wps
+            if pf:
+                wa = w + _RAHEAD // _RSUB * wps
+                for k in range(0, _RSUB, 16):
+                    k_prefetch(p, lo + _RAHEAD + k)
+                    k_prefetch(g, lo + _RAHEAD + k)
+                for k in range(0, wps, 16):
+                    k_prefetch(s1, wa + k)
+                    k_prefetch(s2, wa + k)
+            pb = p[lo:min(lo + _RSUB, n)]
+            gb = g[lo:min(lo + _RSUB, n)]
+            for j in range(pb.shape[0]):
+                pb[j] = pb[j] + a * gb[j]
+            b1 = s1[w:w + wps]
+            b2 = s2[w:w + wps]
+            for j in range(b1.shape[0]):
+                b1[j] = b1[j] + a * b1[j]
+                b2[j] = b2[j] + a * b2[j]
+
+
+_state_compiled: dict = {}
+
+
+def state_loops(p, g, s1, s2, itemsize: int, scale: float = 1e-12) -> dict:
+    """``label -> f``: one pass that reads float32 ``p`` and ``g`` and two moments of
+    ``itemsize`` bytes per element (``s1``, ``s2`` from :func:`state_words`), and writes
+    ``p`` and both moments: ``(8 + 2 * 2 * itemsize)`` bytes per param, parallel, plain
+    and with the prefetches of :mod:`fastadam.kernels._blocked`'s sub-block form.  The
+    roofline of a reduced-precision Adam step (block scales aside: int8's two float32
+    scales per 256 params add 0.06 bytes) is the fastest of them.  Each pass adds
+    ``scale * g`` to ``p`` and ``scale * w`` to every moment word ``w``."""
+    import types
+
+    import numpy as np
+    for name, x in (("p", p), ("g", g), ("s1", s1), ("s2", s2)):
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 1 \
+                or not x.flags.c_contiguous:
+            raise TypeError(f"{name} must be a 1-D contiguous float32 array")
+    if g.shape != p.shape:
+        raise ValueError(f"g has {g.shape[0]} elements, p {p.shape[0]}")
+    words = state_words(p.shape[0], itemsize).shape[0]
+    if s1.shape[0] != words or s2.shape[0] != words:
+        raise ValueError(f"the moments must be state_words({p.shape[0]}, {itemsize}) arrays")
+    k = _state_compiled.get("k")
+    if k is None:
+        f = types.FunctionType(_rw_state.__code__, _rw_state.__globals__, "_rw_state" + _BHASH)
+        f.__qualname__ = "_rw_state" + _BHASH
+        k = _state_compiled["k"] = numba.njit(parallel=True, cache=True, fastmath=FASTMATH,
+                                              nogil=True, error_model="numpy",
+                                              boundscheck=False)(f)
+    wps = _RSUB * itemsize // 4
+    a = np.float32(scale)
+    return {"parallel": lambda: k(p, g, s1, s2, wps, False, a),
+            "parallel prefetched": lambda: k(p, g, s1, s2, wps, True, a)}
 
 
 # --- a read-only pass (the first pass of a clipped / unscaled step reads g once) ----------

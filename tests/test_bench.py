@@ -43,6 +43,15 @@ def test_bench_quick_tiny(tmp_path, capsys):
     for r in low["rows"]:
         assert math.isclose(r["vs_fp32_roofline"], low["roofline_s"] / r["median_s"])
         assert math.isclose(r["bytes_ratio"], 28 / r["bytes_per_param"])
+    # each state format against its own roofline (the loop moving its bytes)
+    rows = {r["contender"]: r for r in low["rows"]}
+    for name in ("adam fp32 state", "adam bf16 state", "adam int8 state"):
+        r = rows[name]
+        assert math.isclose(r["pct_own_roofline"], 100 * r["own_roofline_s"] / r["median_s"])
+        assert math.isclose(r["own_vs_fp32_roofline"], low["roofline_s"] / r["own_roofline_s"])
+    assert rows["adam fp32 state"]["own_roofline_s"] == low["roofline_s"]
+    assert rows["bf16 params, fp32 master"]["own_roofline_s"] is None
+    assert "% of own" in text
     assert math.isclose(low["amp_pct"], 100 * low["roofline_amp_s"] / low["amp_s"])
 
 
@@ -91,6 +100,37 @@ def test_roofline_moves_the_kernels_bytes(kernel, variant):
     assert np.all(arrays[1] == 2.0)                       # read only
     for a in arrays[:1] + arrays[2:]:
         assert np.all(a == 2.0)                           # 1 + 0.5 * 2: read and written
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4])
+@pytest.mark.parametrize("n", [1, 37, 3 * 4096 + 37])
+def test_state_roofline_moves_the_state_bytes(itemsize, n):
+    """The reduced-precision roofline loop, in both forms, reads p, g and every word of
+    the moments' bytes and writes p and every moment word."""
+    words = _roofline.state_words(n, itemsize)
+    assert words.dtype == np.float32 and words.size * 4 == -(-n // 128) * 128 * itemsize
+    p, g = np.full(n, 1.0, np.float32), np.full(n, 2.0, np.float32)
+    s1, s2 = np.full_like(words, 1.0), np.full_like(words, 4.0)
+    loops = _roofline.state_loops(p, g, s1, s2, itemsize, scale=0.5)
+    assert set(loops) == {"parallel", "parallel prefetched"}
+    for k, label in enumerate(sorted(loops)):
+        loops[label]()
+        assert np.all(g == 2.0)                           # read only
+        assert np.all(p == 1.0 + (k + 1))                 # + 0.5 * 2 per pass
+        assert np.all(s1 == 1.5 ** (k + 1)) and np.all(s2 == 4.0 * 1.5 ** (k + 1))
+
+
+def test_state_roofline_rejects_bad_arrays():
+    p = np.zeros(300, np.float32)
+    w = _roofline.state_words(300, 2)
+    with pytest.raises(ValueError, match="itemsize"):
+        _roofline.state_words(300, 3)
+    with pytest.raises(ValueError, match="state_words"):
+        _roofline.state_loops(p, p, w[:-1], w, 2)
+    with pytest.raises(ValueError, match="g has"):
+        _roofline.state_loops(p, p[:5], w, w, 2)
+    with pytest.raises(TypeError, match="s1"):
+        _roofline.state_loops(p, p, w.astype(np.float64), w, 2)
 
 
 def test_plot(tmp_path):

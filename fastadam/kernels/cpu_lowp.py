@@ -29,13 +29,15 @@ clip)`` (``gscale = clip_coef / grad_scale``, ``clip = clip_value * clip_coef``;
 1 and +inf when unused) and then calls the one Adam rule of
 :mod:`fastadam.rules.adam`; storage formats are the codecs of
 :mod:`fastadam.rules.codecs`.  Arrays are 1-D contiguous, parameters float32;
-scalars float32 (cast in Python).  The reduced-precision kernels keep a second
-copy of their loop without the transform (``gscale == 1``, ``clip`` +inf: the
-transform is the identity there, bit for bit) and use it when they can; that copy
-also takes ``gsign == 1`` and ``l2 == 0`` (no maximize, no L2 term) as constants, so
-it carries neither their two multiplies and an add nor the rule's ``if l2`` (which
-LLVM left in the vector loop as a branch per vector): 4-5% faster bf16 steps at 8M
-params, 2% int8 (same bits; tests compare the copies).
+scalars float32 (cast in Python).  The reduced-precision kernels write their inner
+loop once (``_bf16_pass``, ``_int8_pass1``: inlined functions with a flag ``plain``)
+and call it with a constant flag, so LLVM compiles two copies: one with the transform,
+and one without it (``gscale == 1``, ``clip`` +inf: the transform is the identity
+there, bit for bit), used when it can be; that copy also takes ``gsign == 1`` and
+``l2 == 0`` (no maximize, no L2 term) as constants, so it carries neither their two
+multiplies and an add nor the rule's ``if l2`` (which LLVM left in the vector loop as
+a branch per vector): 4-5% faster bf16 steps at 8M params, 2% int8 (same bits; tests
+compare the copies).
 
 Speed (see docs/lowp.md): at sizes beyond L2 (8M params: about 200 MB of
 parameters and state) what decides these loops is how well their memory
@@ -338,6 +340,16 @@ def r_adam_f32(p, g, m, v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8):
     return r_adam(p, c_clamp(g * gscale, clip), m, v, s0, s1, s2, s3, s4, s5, s6, s7, s8)
 
 
+@_inline
+def r_adam_t(p, g, m, v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8, plain):
+    """:func:`r_adam_f32`, or with ``plain`` (a constant: no transform, ``gsign == 1``,
+    ``l2 == 0``) the rule on ``g`` itself with ``gsign`` and ``l2`` as the constants 1 and
+    0, which LLVM folds away (the same bits)."""
+    if plain:
+        return r_adam(p, g, m, v, _ONE, _ZERO, s2, s3, s4, s5, s6, s7, s8)
+    return r_adam_f32(p, g, m, v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
 # --- the loops -----------------------------------------------------------------
 
 def adam_f32(p, g, m, v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8):
@@ -345,6 +357,22 @@ def adam_f32(p, g, m, v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8):
     for i in prange(p.shape[0]):
         p[i], m[i], v[i] = r_adam_f32(p[i], g[i], m[i], v[i], gscale, clip,
                                       s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
+@_inline
+def _bf16_pass(pb, gb, mb, vb, hm, hv, sm, sv, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7,
+               s8, plain):
+    """The bf16 inner loop over one sub-block (inlined with a constant ``plain``): the
+    moments are rounded with the bits of ``hm + sm`` and ``hv + sv`` (``h`` the hashed
+    index of the element, a 32-bit induction variable from the sub-block's first)."""
+    for j in range(pb.shape[0]):
+        pi, mi, vi = r_adam_t(pb[j], gb[j], k_bf16_decode(mb[j]), k_bf16_decode(vb[j]),
+                              gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8, plain)
+        pb[j] = pi
+        mb[j] = k_bf16_encode_srh(mi, hm, sm)
+        vb[j] = k_bf16_encode_srh(vi, hv, sv)
+        hm = k_hash_next(hm)
+        hv = k_hash_next(hv)
 
 
 def adam_bf16(p, g, m, v, seed_m, seed_v, gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8):
@@ -366,36 +394,33 @@ def adam_bf16(p, g, m, v, seed_m, seed_v, gscale, clip, s0, s1, s2, s3, s4, s5, 
             prefetch_ahead(g, lo + _PREFETCH_ADAM, _SUB)
             prefetch_ahead(m, lo + _PREFETCH_ADAM, _SUB)
             prefetch_ahead(v, lo + _PREFETCH_ADAM, _SUB)
-            pb = p[lo:hi]
-            gb = g[lo:hi]
-            mb = m[lo:hi]
-            vb = v[lo:hi]
-            # h = i * 0x9E3779B1 mod 2**32 for element i = lo + j: a 32-bit induction
-            # variable
-            h = k_hash_index(lo)
             if plain:
                 # one seeded hash per moment (the seed added once, not per vector)
-                hm = k_hash_seeded(lo, seed_m)
-                hv = k_hash_seeded(lo, seed_v)
-                for j in range(pb.shape[0]):
-                    pi, mi, vi = r_adam(pb[j], gb[j], k_bf16_decode(mb[j]),
-                                        k_bf16_decode(vb[j]),
-                                        _ONE, _ZERO, s2, s3, s4, s5, s6, s7, s8)
-                    pb[j] = pi
-                    mb[j] = k_bf16_encode_srh(mi, hm, _SEED0)
-                    vb[j] = k_bf16_encode_srh(vi, hv, _SEED0)
-                    hm = k_hash_next(hm)
-                    hv = k_hash_next(hv)
+                _bf16_pass(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], k_hash_seeded(lo, seed_m),
+                           k_hash_seeded(lo, seed_v), _SEED0, _SEED0, gscale, clip,
+                           s0, s1, s2, s3, s4, s5, s6, s7, s8, True)
             else:
-                for j in range(pb.shape[0]):
-                    gj = c_clamp(gb[j] * gscale, clip)
-                    pi, mi, vi = r_adam(pb[j], gj, k_bf16_decode(mb[j]),
-                                        k_bf16_decode(vb[j]),
-                                        s0, s1, s2, s3, s4, s5, s6, s7, s8)
-                    pb[j] = pi
-                    mb[j] = k_bf16_encode_srh(mi, h, seed_m)
-                    vb[j] = k_bf16_encode_srh(vi, h, seed_v)
-                    h = k_hash_next(h)
+                # one hash, two seeds added per vector
+                h = k_hash_index(lo)
+                _bf16_pass(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], h, h, seed_m, seed_v,
+                           gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8, False)
+
+
+@_inline
+def _int8_pass1(pb, gb, mb, vb, bb, mstep, vsc, am, av, gscale, clip, s0, s1, s2, s3, s4, s5,
+                s6, s7, s8, plain):
+    """Pass 1 of the int8 loop over one sub-block (inlined with a constant ``plain``):
+    decode, the rule, store the parameter, keep the new moments in the scratch ``bb``
+    (``bb[i]`` and ``bb[i + INT8_BLOCK]``); returns the running absmax bits."""
+    for i in range(pb.shape[0]):
+        pi, mi, vi = r_adam_t(pb[i], gb[i], mb[i] * mstep, k_log8_decode(vb[i]) * vsc,
+                              gscale, clip, s0, s1, s2, s3, s4, s5, s6, s7, s8, plain)
+        pb[i] = pi
+        bb[i] = mi
+        bb[i + INT8_BLOCK] = vi
+        am = k_absbits_max(am, mi)
+        av = k_absbits_max(av, vi)
+    return am, av
 
 
 def adam_int8(p, g, mq, ms, vq, vs, nwork, gscale, clip, qmax, s0, s1, s2, s3, s4, s5, s6,
@@ -440,26 +465,11 @@ def adam_int8(p, g, mq, ms, vq, vs, nwork, gscale, clip, qmax, s0, s1, s2, s3, s
                 vb = vq[lo2:hi2]
                 bb = buf[lo2 - lo:]
                 if plain:       # clamp(g * 1, inf) == g: no transform
-                    for i in range(pb.shape[0]):
-                        pi, mi, vi = r_adam(pb[i], gb[i], mb[i] * mstep,
-                                            k_log8_decode(vb[i]) * vsc,
-                                            _ONE, _ZERO, s2, s3, s4, s5, s6, s7, s8)
-                        pb[i] = pi
-                        bb[i] = mi
-                        bb[i + INT8_BLOCK] = vi
-                        am = k_absbits_max(am, mi)
-                        av = k_absbits_max(av, vi)
+                    am, av = _int8_pass1(pb, gb, mb, vb, bb, mstep, vsc, am, av, gscale,
+                                         clip, s0, s1, s2, s3, s4, s5, s6, s7, s8, True)
                 else:
-                    for i in range(pb.shape[0]):
-                        gi = c_clamp(gb[i] * gscale, clip)
-                        pi, mi, vi = r_adam(pb[i], gi, mb[i] * mstep,
-                                            k_log8_decode(vb[i]) * vsc,
-                                            s0, s1, s2, s3, s4, s5, s6, s7, s8)
-                        pb[i] = pi
-                        bb[i] = mi
-                        bb[i + INT8_BLOCK] = vi
-                        am = k_absbits_max(am, mi)
-                        av = k_absbits_max(av, vi)
+                    am, av = _int8_pass1(pb, gb, mb, vb, bb, mstep, vsc, am, av, gscale,
+                                         clip, s0, s1, s2, s3, s4, s5, s6, s7, s8, False)
             mb = mq[lo:hi]
             vb = vq[lo:hi]
             mabs = bits_f32(am)

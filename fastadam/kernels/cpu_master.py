@@ -47,13 +47,12 @@ from numba.extending import intrinsic
 
 from .. import rules as _rules
 from .._config import FASTMATH, PARALLEL_THRESHOLD
-from ..rules import adam as _adam_r
 from ..rules import codecs as _codecs_r
 from ..rules import param_codecs as _pc
 from . import _blocked
 from ._blocked import k_line, prefetch_ahead
 from ._variants import KernelVariants
-from .cpu_lowp import _ONE, _ZERO, bits_f32, k_absbits_max, k_hash_index, k_hash_next
+from .cpu_lowp import bits_f32, k_absbits_max, k_hash_index, k_hash_next, r_adam_t
 
 INT8_BLOCK = _codecs_r.INT8_BLOCK
 #: Elements per parallel work item (the hashed index is a 32-bit induction variable).
@@ -215,7 +214,6 @@ def _inline(f):
     return numba.njit(inline="always", fastmath=FASTMATH, cache=False)(f)
 
 
-r_adam = _inline(_adam_r.adam)
 c_clamp = _inline(_codecs_r.clamp)
 
 
@@ -225,15 +223,9 @@ def _pass(lb, gb, wb, mb, vb, h, seed_m, seed_v, seed_p, gscale, clip, s0, s1, s
     """The inner loop over one chunk or sub-block (inlined with constant ``f16``, ``sr``,
     ``plain``); ``h`` is the hashed index of its first element."""
     for j in range(wb.shape[0]):
-        gj = k_lo_decode(gb[j], f16)
-        if not plain:
-            gj = c_clamp(gj * gscale, clip)
-        if plain:   # gsign == 1, l2 == 0 as constants (see cpu_lowp.adam_bf16)
-            wi, mi, vi = r_adam(wb[j], gj, k_state_decode(mb[j]), k_state_decode(vb[j]),
-                                _ONE, _ZERO, s2, s3, s4, s5, s6, s7, s8)
-        else:
-            wi, mi, vi = r_adam(wb[j], gj, k_state_decode(mb[j]), k_state_decode(vb[j]),
-                                s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        wi, mi, vi = r_adam_t(wb[j], k_lo_decode(gb[j], f16), k_state_decode(mb[j]),
+                              k_state_decode(vb[j]), gscale, clip, s0, s1, s2, s3, s4, s5, s6,
+                              s7, s8, plain)
         wb[j] = wi
         mb[j] = k_state_encode(mb[j], mi, h, seed_m)
         vb[j] = k_state_encode(vb[j], vi, h, seed_v)

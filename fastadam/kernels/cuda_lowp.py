@@ -169,20 +169,20 @@ def enc_bf16_sr(x, i, seed):
     return c_bf16_encode_sr(f32_bits(x), c_sr_bits(i, seed))
 
 
-@_device
-def enc_p_bf16(x, i, seed, sr):
-    b = f32_bits(x)
-    if sr:
-        return c_bf16_encode_sr(b, c_sr_bits(i, seed))
-    return c_bf16_encode(b)
+def _enc_p(nearest, stochastic):
+    """The parameter encoder of one format: float32 -> its bits, rounded to nearest even
+    or (``sr``) stochastically with the bits ``sr_bits(i, seed)``."""
+    @_device
+    def enc_p(x, i, seed, sr):
+        b = f32_bits(x)
+        if sr:
+            return stochastic(b, c_sr_bits(i, seed))
+        return nearest(b)
+    return enc_p
 
 
-@_device
-def enc_p_f16(x, i, seed, sr):
-    b = f32_bits(x)
-    if sr:
-        return c_f16_encode_sr(b, c_sr_bits(i, seed))
-    return c_f16_encode(b)
+enc_p_bf16 = _enc_p(c_bf16_encode, c_bf16_encode_sr)
+enc_p_f16 = _enc_p(c_f16_encode, c_f16_encode_sr)
 
 
 # --- the loops ------------------------------------------------------------------------------
