@@ -322,15 +322,8 @@ def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend=
             total += s
             finite = finite and ok
         elif be.name == "numba" and g.dtype == np.float32:
-            from .kernels import cpu_lowp
-            f = np.float32
-            s, bad = cpu_lowp.run("grad_sumsq", (g,), (f(gscale), f(clip), bool(write)))
-            ok = bool(bad == 0)
-            if ok and not math.isfinite(s):      # a float32 block sum overflowed
-                y = g.astype(np.float64) if write else \
-                    np.clip(g.astype(np.float64) * gscale, -clip, clip)
-                s = float(np.dot(y, y))
-            total += float(s)
+            s, ok = _f32_stats(g, gscale, clip, write)
+            total += s
             finite = finite and ok
         else:
             ok = bool(np.isfinite(g).all())
@@ -342,6 +335,42 @@ def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend=
             total += float(np.dot(y64, y64))
             finite = finite and ok
     return total, finite
+
+
+def _f32_stats(g, gscale, clip, write, kernel=None):
+    """``(sumsq, finite)`` of float32 ``g`` from the numba first pass (``grad_sumsq``), or
+    from ``kernel``, its entry point bound by :func:`_bound_sumsq`.  A float32 block sum
+    that overflowed is recomputed in float64."""
+    if kernel is None:
+        from .kernels import cpu_lowp
+        f = np.float32
+        s, bad = cpu_lowp.run("grad_sumsq", (g,), (f(gscale), f(clip), bool(write)))
+    else:
+        s, bad = kernel(g, gscale, clip, write)
+    ok = bool(bad == 0)
+    if ok and not math.isfinite(s):      # a float32 block sum overflowed
+        y = g.astype(np.float64) if write else \
+            np.clip(g.astype(np.float64) * gscale, -clip, clip)
+        s = float(np.dot(y, y))
+    return float(s), ok
+
+
+def _bound_sumsq(cache: dict, g):
+    """The entry point of the numba first pass compiled for float32 ``g`` (cached in
+    ``cache``, keyed by ``g``'s identity, which the entry keeps alive): called as
+    ``f(g, gscale, clip, write)`` with Python scalars, it skips numba's type dispatch (as
+    :func:`fastadam.kernels.cpu.bind`)."""
+    key = id(g)
+    e = cache.get(key)
+    if e is None or e[0] is not g:
+        import numba
+
+        from ._config import PARALLEL_THRESHOLD
+        from .kernels import cpu_lowp
+        disp = cpu_lowp.get("grad_sumsq", g.shape[0] >= PARALLEL_THRESHOLD)
+        e = cache[key] = (g, disp.compile((numba.typeof(g), numba.float32, numba.float32,
+                                           numba.boolean)))
+    return e[1]
 
 
 # --- the step ---------------------------------------------------------------------
@@ -661,15 +690,12 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
         clip_value = opt.clip_value
     if max_grad_norm is not None:
         max_grad_norm = _v.nonneg("max_grad_norm", max_grad_norm, "max_grad_norm value")
-    _transform_scalars(grad_scale, None, clip_value)        # validate
+    gscale1, clip1 = _transform_scalars(grad_scale, None, clip_value)     # validates
     skip = found_inf is not None and _found_inf_value(found_inf)
-    plan = []
-    for gi, group in enumerate(opt.param_groups):
-        for fb in opt.flat[gi].buffers:
-            spec = opt._buffer_spec(group, fb)
-            st = opt.state[gi][str(fb.dtype)]
-            hp = opt._hparams(group, st, st["step"] + 1)
-            plan.append((gi, group, fb, st, spec, hp))
+    # every group validated first; as in the plain step, a buffer whose kernel is bound
+    # (numba, float32/float64 state) keeps its cached plan while nothing it depends on
+    # changes, and the step is then little Python besides the two kernel calls
+    plan = opt._step_plan(prepare=False)
     if skip:
         opt.skipped_steps += 1
         return
@@ -689,12 +715,17 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
     written = set()
     sumsq, finite = 0.0, True
     if check_inf or (clip_value is not None):
-        for i, (gi, group, fb, st, spec, hp) in enumerate(plan):
+        bound = opt.__dict__.setdefault("_sumsq_bound", {})
+        for i, (gi, group, fb, st, spec, hp, run) in enumerate(plan):
             write = clip_value is not None and not fusable(fb, group)
             if not (check_inf or write) or fb.size == 0:
                 continue
-            s, ok = grad_stats([fb.grad], grad_scale=grad_scale, clip_value=clip_value,
-                               write=write, backend=be.name)
+            if be.name == "numba" and fb.dtype == np.float32:
+                s, ok = _f32_stats(fb.grad, gscale1, clip1, write,
+                                   _bound_sumsq(bound, fb.grad))
+            else:
+                s, ok = grad_stats([fb.grad], grad_scale=grad_scale, clip_value=clip_value,
+                                   write=write, backend=be.name)
             sumsq += s
             finite = finite and ok
             if write:
@@ -704,19 +735,30 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
         opt.skipped_steps += 1
         return
     coef = clip_coef(math.sqrt(sumsq), max_grad_norm) if max_grad_norm is not None else 1.0
-    for i, (gi, group, fb, st, spec, hp) in enumerate(plan):
-        for name, fill in spec.items():
-            if name not in st:
-                st[name] = opt._new_state(name, fill, fb)
-        arrays = {"param": fb.data, "grad": fb.grad}
-        for name in spec:
-            arrays[name] = st[name]
+    for i, (gi, group, fb, st, spec, hp, run) in enumerate(plan):
         if i in written:
             gscale, clip = coef, math.inf
         else:
             gscale, clip = _transform_scalars(grad_scale, coef, clip_value)
-        base = opt._backend.index_base(fb.data) if hasattr(opt._backend, "index_base") else 0
-        step_arrays(be, opt._opt, arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
-                    param_rounding=rounding, index_base=base)
+        if run is None:
+            for name, fill in spec.items():
+                if name not in st:
+                    st[name] = opt._new_state(name, fill, fb)
+            if clip == math.inf and getattr(opt._buffer_backend(fb), "bind", None):
+                run = opt._prepare(gi, fb, st, spec, hp)    # bind the kernel (and cache)
+        if run is not None and clip == math.inf:
+            # the bound kernel, the factor folded into gsign (scalar 0) as
+            # _scalars.scale_grad does: the entry rounds the Python float product to the
+            # buffer's dtype, as dtype.type does there
+            fn, scal = run
+            fn(scal[0] * gscale, *scal[1:])
+        else:
+            arrays = {"param": fb.data, "grad": fb.grad}
+            for name in spec or opt._buffer_spec(group, fb):
+                arrays[name] = st[name]
+            base = opt._backend.index_base(fb.data) if hasattr(opt._backend, "index_base") \
+                else 0
+            step_arrays(be, opt._opt, arrays, hp, state_dtype=state_dtype, gscale=gscale,
+                        clip=clip, param_rounding=rounding, index_base=base)
         st["step"] += 1
         opt._after_step(group, st, hp)

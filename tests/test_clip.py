@@ -233,3 +233,75 @@ def test_bad_transform_arguments_change_nothing():
         assert _same(before, _snapshot(opt, P))
     with pytest.raises(ValueError, match="max_grad_norm"):
         fastadam.Adam(_params(), max_grad_norm=-1.0)
+
+
+# --- the façade's bound route: the same bits as the general one -------------------------
+
+class _NoBind:
+    """A backend without ``bind``: the façade then takes its general (unbound) route."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        if name == "bind":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("opt_name,kw", [("AdamW", dict(lr=1e-2, weight_decay=0.1)),
+                                         ("NAdam", dict(lr=1e-2)),
+                                         ("SGD", dict(lr=1e-2, momentum=0.9)),
+                                         ("RMSprop", dict(lr=1e-3, centered=True))])
+def test_amp_bound_route_equals_general_route(opt_name, kw):
+    """AMP / clipped steps reuse the plain step's bound kernels and cached plans (the
+    factor folded into scalar 0) and a bound first pass: bit for bit what the general
+    route gives, through hyperparameter changes, skipped steps, plain steps and value
+    clipping, with float32 and float64 buffers in two groups."""
+    pytest.importorskip("numba")
+
+    def make():
+        P = _params()
+        P["d"] = np.linspace(-1, 1, 300)                  # a float64 buffer
+        groups = [{"params": {"w": P["w"], "d": P["d"]}},
+                  {"params": {"b": P["b"], "u": P["u"]}, "lr": kw["lr"] / 2}]
+        return P, getattr(fastadam, opt_name)(groups, backend="numba", **kw)
+
+    P1, o1 = make()
+    P2, o2 = make()
+    o2._buffer_backend = lambda fb: _NoBind(o2._backend)
+    steps = [dict(grad_scale=64.0, max_grad_norm=1.0), dict(grad_scale=64.0, max_grad_norm=1.0),
+             dict(grad_scale=32.0), dict(), dict(max_grad_norm=1e9), "lr",
+             dict(grad_scale=16.0, max_grad_norm=0.5), dict(found_inf=True), "inf",
+             dict(grad_scale=16.0, clip_value=0.3), dict(grad_scale=8.0, max_grad_norm=2.0)]
+    for t, s in enumerate(steps):
+        scale = s.get("grad_scale", 1.0) if isinstance(s, dict) else 1.0
+        g = _grads(t, scale)
+        g["d"] = np.cos(np.arange(300) * (t + 1)) * scale
+        if s == "inf":
+            g["u"][7] = np.inf
+            s = dict(grad_scale=1.0)
+        if s == "lr":                                    # a scheduler between steps
+            for o in (o1, o2):
+                o.param_groups[0]["lr"] = kw["lr"] * 0.3
+            s = dict(grad_scale=4.0, max_grad_norm=1.0)
+            g = {k: v * 4.0 for k, v in g.items()}
+        for o in (o1, o2):
+            for k, v in g.items():
+                o.grads[0 if k in ("w", "d") else 1][k][...] = v
+            o.step(**s)
+        for k in P1:
+            np.testing.assert_array_equal(P1[k], P2[k], err_msg=f"step {t}: {s}, {k}")
+        assert o1.skipped_steps == o2.skipped_steps
+        assert (o1.last_grad_norm is None) == (o2.last_grad_norm is None)
+        if "max_grad_norm" in s:
+            assert o1.last_grad_norm == o2.last_grad_norm
+            flat = [fb.grad for fp in o1.flat for fb in fp.buffers]
+            sumsq, _ = lowp.grad_stats(flat, grad_scale=s.get("grad_scale"))
+            assert o1.last_grad_norm == math.sqrt(sumsq)
+    for gi in range(2):
+        for dt, st in o1.state[gi].items():
+            for k, v in st.items():
+                np.testing.assert_array_equal(v, o2.state[gi][dt][k])
+    assert o1._fast and not o2._fast                     # the bound route was taken
+    assert o1.skipped_steps == 2

@@ -172,7 +172,7 @@ class Optimizer:
 
     def _clear_caches(self) -> None:
         """Forget the per-step caches (validated hyperparameters, bound kernels)."""
-        for name in ("_fast", "_bound", "_hp_cache"):
+        for name in ("_fast", "_bound", "_hp_cache", "_sumsq_bound"):
             self.__dict__.pop(name, None)
 
     def add_param_group(self, group: dict) -> None:
@@ -271,6 +271,25 @@ class Optimizer:
             from .. import lowp
             lowp.transformed_step(self, grad_scale, found_inf, max_grad_norm, clip_value)
             return loss
+        for gi, group, fb, st, spec, hp, run in self._step_plan():
+            if run is None:             # first step: make the state, then bind
+                for name, fill in spec.items():
+                    if name not in st:
+                        st[name] = self._new_state(name, fill, fb)
+                run = self._prepare(gi, fb, st, spec, hp)
+            run[0](*run[1])
+            st["step"] += 1
+            self._after_step(group, st, hp)
+        return loss
+
+    # -- the per-step hot path ---------------------------------------------------------
+    def _step_plan(self, prepare: bool = True) -> list:
+        """``(gi, group, fb, st, spec, hp, run)`` per flat buffer: this step's validated
+        hyperparameters ``hp`` (every group's, before anything is touched) and ``run``, the
+        ``(fn, args)`` doing the plain step (see :meth:`_prepare`).  A buffer whose cached
+        plan still holds (nothing it depends on changed) gets ``spec`` None and its bound
+        kernel with this step's scalars; the others get their state ``spec`` and, with
+        ``prepare``, :meth:`_prepare`'s ``run`` (None until their state is made)."""
         plan = []
         fast = self.__dict__.setdefault("_fast", {})
         for gi, group in enumerate(self.param_groups):
@@ -284,19 +303,9 @@ class Optimizer:
                 spec = self._buffer_spec(group, fb)
                 hp = self._step_hparams(gi, group, st, st["step"] + 1)
                 plan.append((gi, group, fb, st, spec, hp,
-                             self._prepare(gi, fb, st, spec, hp)))
-        for gi, group, fb, st, spec, hp, run in plan:
-            if run is None:             # first step: make the state, then bind
-                for name, fill in spec.items():
-                    if name not in st:
-                        st[name] = self._new_state(name, fill, fb)
-                run = self._prepare(gi, fb, st, spec, hp)
-            run[0](*run[1])
-            st["step"] += 1
-            self._after_step(group, st, hp)
-        return loss
+                             self._prepare(gi, fb, st, spec, hp) if prepare else None))
+        return plan
 
-    # -- the per-step hot path ---------------------------------------------------------
     # At 4K params the Python around the kernel call is most of a step's time, so
     # validated hyperparameters and the bound kernel of each buffer are cached; every
     # cache is keyed so that any change (a scheduler writing ``lr``, a new or replaced
