@@ -664,6 +664,8 @@ class StateBackend:
 
 
 def _found_inf_value(found_inf) -> bool:
+    if type(found_inf) in (bool, int, float):           # the common case, without NumPy
+        return found_inf != 0
     try:
         v = float(np.asarray(found_inf).reshape(-1)[0]) if np.size(found_inf) == 1 else None
     except (TypeError, ValueError):

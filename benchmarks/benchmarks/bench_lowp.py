@@ -48,3 +48,32 @@ class LowPrecisionAdam:
 
     def peakmem_step(self, case, n):
         self.fn()
+
+
+class AmpStep:
+    """The façade's AMP step, ``AdamW(max_grad_norm=1.0).step(grad_scale=1024)`` (first
+    pass + update), the one-pass ``step(grad_scale=1024, found_inf=0.0)``, and the plain
+    ``step()`` of the same optimizer and size: at small sizes the differences are the
+    Python of the transformed step, at 8M the first pass."""
+    params = (["plain step", "amp step", "amp step, found_inf given"],
+              [1 << 12, 1 << 16, 1 << 23])
+    param_names = ["case", "size"]
+
+    def setup(self, case, n):
+        import fastadam
+        rng = np.random.default_rng(0)
+        f32 = np.float32
+        opt = fastadam.AdamW([rng.standard_normal(n, dtype=f32)], lr=1e-3,
+                             max_grad_norm=1.0 if case == "amp step" else None)
+        opt.grads[0][...] = rng.standard_normal(n, dtype=f32) * f32(1e-2 * 1024)
+        if case == "plain step":
+            self.fn = opt.step
+        elif case == "amp step":
+            self.fn = lambda: opt.step(grad_scale=1024.0)
+        else:
+            # one pass: the caller (GradScaler) found no inf, no norm clipping
+            self.fn = lambda: opt.step(grad_scale=1024.0, found_inf=0.0)
+        self.fn()
+
+    def time_step(self, case, n):
+        self.fn()
