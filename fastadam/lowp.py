@@ -337,16 +337,11 @@ def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend=
     return total, finite
 
 
-def _f32_stats(g, gscale, clip, write, kernel=None):
-    """``(sumsq, finite)`` of float32 ``g`` from the numba first pass (``grad_sumsq``), or
-    from ``kernel``, its entry point bound by :func:`_bound_sumsq`.  A float32 block sum
-    that overflowed is recomputed in float64."""
-    if kernel is None:
-        from .kernels import cpu_lowp
-        f = np.float32
-        s, bad = cpu_lowp.run("grad_sumsq", (g,), (f(gscale), f(clip), bool(write)))
-    else:
-        s, bad = kernel(g, gscale, clip, write)
+def _f32_stats(g, gscale, clip, write):
+    """``(sumsq, finite)`` of a 1-D contiguous float32 ``g`` from the numba first pass
+    (``grad_sumsq``, through its bound entry point: :func:`_bound_sumsq`).  A float32
+    block sum that overflowed is recomputed in float64."""
+    s, bad = _bound_sumsq(g)(g, gscale, clip, write)
     ok = bool(bad == 0)
     if ok and not math.isfinite(s):      # a float32 block sum overflowed
         y = g.astype(np.float64) if write else \
@@ -355,22 +350,26 @@ def _f32_stats(g, gscale, clip, write, kernel=None):
     return float(s), ok
 
 
-def _bound_sumsq(cache: dict, g):
-    """The entry point of the numba first pass compiled for float32 ``g`` (cached in
-    ``cache``, keyed by ``g``'s identity, which the entry keeps alive): called as
-    ``f(g, gscale, clip, write)`` with Python scalars, it skips numba's type dispatch (as
+#: (parallel, writeable) -> the first pass's entry point for 1-D C-contiguous float32 arrays
+_SUMSQ_ENTRIES: dict = {}
+
+
+def _bound_sumsq(g):
+    """The entry point of the numba first pass (``cpu_lowp``'s ``grad_sumsq``, the
+    parallel or serial variant by ``g``'s length) compiled for a 1-D C-contiguous
+    float32 array like ``g``: called as ``f(g, gscale, clip, write)`` with Python scalars
+    (converted as ``np.float32`` does), it skips numba's type dispatch (as
     :func:`fastadam.kernels.cpu.bind`)."""
-    key = id(g)
-    e = cache.get(key)
-    if e is None or e[0] is not g:
+    from ._config import PARALLEL_THRESHOLD
+    key = (g.shape[0] >= PARALLEL_THRESHOLD, g.flags.writeable)
+    f = _SUMSQ_ENTRIES.get(key)
+    if f is None:
         import numba
 
-        from ._config import PARALLEL_THRESHOLD
         from .kernels import cpu_lowp
-        disp = cpu_lowp.get("grad_sumsq", g.shape[0] >= PARALLEL_THRESHOLD)
-        e = cache[key] = (g, disp.compile((numba.typeof(g), numba.float32, numba.float32,
-                                           numba.boolean)))
-    return e[1]
+        f = _SUMSQ_ENTRIES[key] = cpu_lowp.get("grad_sumsq", key[0]).compile(
+            (numba.typeof(g), numba.float32, numba.float32, numba.boolean))
+    return f
 
 
 # --- the step ---------------------------------------------------------------------
@@ -717,14 +716,12 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
     written = set()
     sumsq, finite = 0.0, True
     if check_inf or (clip_value is not None):
-        bound = opt.__dict__.setdefault("_sumsq_bound", {})
         for i, (gi, group, fb, st, spec, hp, run) in enumerate(plan):
             write = clip_value is not None and not fusable(fb, group)
             if not (check_inf or write) or fb.size == 0:
                 continue
             if be.name == "numba" and fb.dtype == np.float32:
-                s, ok = _f32_stats(fb.grad, gscale1, clip1, write,
-                                   _bound_sumsq(bound, fb.grad))
+                s, ok = _f32_stats(fb.grad, gscale1, clip1, write)
             else:
                 s, ok = grad_stats([fb.grad], grad_scale=grad_scale, clip_value=clip_value,
                                    write=write, backend=be.name)

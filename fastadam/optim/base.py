@@ -172,7 +172,7 @@ class Optimizer:
 
     def _clear_caches(self) -> None:
         """Forget the per-step caches (validated hyperparameters, bound kernels)."""
-        for name in ("_fast", "_bound", "_hp_cache", "_sumsq_bound"):
+        for name in ("_fast", "_bound", "_hp_cache"):
             self.__dict__.pop(name, None)
 
     def add_param_group(self, group: dict) -> None:
