@@ -255,9 +255,10 @@ class _NoBind:
                                          ("RMSprop", dict(lr=1e-3, centered=True))])
 def test_amp_bound_route_equals_general_route(opt_name, kw):
     """AMP / clipped steps reuse the plain step's bound kernels and cached plans (the
-    factor folded into scalar 0) and a bound first pass: bit for bit what the general
-    route gives, through hyperparameter changes, skipped steps, plain steps and value
-    clipping, with float32 and float64 buffers in two groups."""
+    factor folded into scalar 0): bit for bit what the general route (step_arrays)
+    gives, through hyperparameter changes, skipped steps, plain steps and value
+    clipping, with float32 and float64 buffers in two groups; the norm the step keeps is
+    grad_stats' over all of them."""
     pytest.importorskip("numba")
 
     def make():
