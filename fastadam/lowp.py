@@ -52,6 +52,7 @@ import numpy as np
 
 from . import _backends, _hparams, _scalars
 from . import _validate as _v
+from ._config import PARALLEL_THRESHOLD
 from .rules.codecs import INT8_BLOCK
 
 __all__ = ["STATE_DTYPES", "INT8_BLOCK", "adam_", "grad_stats", "clip_coef", "state_layout",
@@ -360,7 +361,6 @@ def _bound_sumsq(g):
     float32 array like ``g``: called as ``f(g, gscale, clip, write)`` with Python scalars
     (converted as ``np.float32`` does), it skips numba's type dispatch (as
     :func:`fastadam.kernels.cpu.bind`)."""
-    from ._config import PARALLEL_THRESHOLD
     key = (g.shape[0] >= PARALLEL_THRESHOLD, g.flags.writeable)
     f = _SUMSQ_ENTRIES.get(key)
     if f is None:
@@ -704,9 +704,9 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
     state_dtype = getattr(be, "state_dtype", "float32")
     rounding = getattr(be, "param_rounding", "nearest")
     be = getattr(be, "inner", be)
-    from . import master as _master
 
     def fusable(fb, group):
+        from . import master as _master
         if _master.param_format(fb.dtype) is not None:    # master weights: always fused
             return True
         return (be.name == "numba" and opt._opt == "adam" and fb.dtype == np.float32
@@ -734,11 +734,10 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
         opt.skipped_steps += 1
         return
     coef = clip_coef(math.sqrt(sumsq), max_grad_norm) if max_grad_norm is not None else 1.0
+    gscale2, clip2 = _transform_scalars(grad_scale, coef, clip_value)
     for i, (gi, group, fb, st, spec, hp, run) in enumerate(plan):
-        if i in written:
-            gscale, clip = coef, math.inf
-        else:
-            gscale, clip = _transform_scalars(grad_scale, coef, clip_value)
+        # a buffer whose clamped, unscaled gradient pass 1 wrote back takes the factor only
+        gscale, clip = (coef, math.inf) if i in written else (gscale2, clip2)
         if run is None:
             for name, fill in spec.items():
                 if name not in st:

@@ -8,6 +8,7 @@ import operator
 import numpy as np
 
 from .. import _backends, _scalars, _validate
+from .. import lowp as _lowp
 from .. import master as _master
 from ..flat import FlatParams
 
@@ -268,8 +269,7 @@ class Optimizer:
         if grad_scale is not None or found_inf is not None or max_grad_norm is not None or \
                 clip_value is not None or self.max_grad_norm is not None or \
                 self.clip_value is not None:
-            from .. import lowp
-            lowp.transformed_step(self, grad_scale, found_inf, max_grad_norm, clip_value)
+            _lowp.transformed_step(self, grad_scale, found_inf, max_grad_norm, clip_value)
             return loss
         for gi, group, fb, st, spec, hp, run in self._step_plan():
             if run is None:             # first step: make the state, then bind
