@@ -374,6 +374,25 @@ def _bound_sumsq(g):
 
 # --- the step ---------------------------------------------------------------------
 
+def check_state_arrays(state, layout, state_dtype, shape, how=""):
+    """Check the arrays of :func:`state_layout`'s ``layout`` in ``state`` (by name): each
+    given, an ndarray of the layout's dtype, of the parameter's ``shape`` (block scales:
+    the layout's shape).  ``how`` qualifies the storage in messages."""
+    for k, (want, dt) in layout.items():
+        a = state.get(k)
+        if a is None:
+            raise ValueError(f"state_dtype={state_dtype!r} needs the {k} array")
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{k} must be a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype != dt:
+            raise TypeError(f"{k} has dtype {a.dtype}; {how}state_dtype={state_dtype!r} "
+                            f"stores it as {dt}")
+        scale = k.endswith("_scale")
+        if a.shape != (want if scale else shape):
+            raise ValueError(f"{k} has shape {a.shape}, expected {want if scale else shape}"
+                             + (" (one float32 scale per 256-element block)" if scale else ""))
+
+
 def _check_arrays(param, grad, state, state_dtype):
     named = {"param": param, "grad": grad}
     for k, a in named.items():
@@ -382,20 +401,7 @@ def _check_arrays(param, grad, state, state_dtype):
     if state_dtype != "float32" and param.dtype != np.float32:
         raise TypeError(f"state_dtype={state_dtype!r} needs float32 parameters, got {param.dtype}")
     layout = state_layout(state_dtype, param.size, param.dtype)
-    for k, (shape, dt) in layout.items():
-        a = state.get(k)
-        if a is None:
-            raise ValueError(f"state_dtype={state_dtype!r} needs the {k} array")
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{k} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != dt:
-            raise TypeError(f"{k} has dtype {a.dtype}; state_dtype={state_dtype!r} stores it "
-                            f"as {dt}")
-        want = shape if k.endswith("_scale") else param.shape
-        if a.shape != want:
-            raise ValueError(f"{k} has shape {a.shape}, expected {want}"
-                             + (" (one float32 scale per 256-element block)"
-                                if k.endswith("_scale") else ""))
+    check_state_arrays(state, layout, state_dtype, param.shape)
     if grad.dtype != param.dtype:
         raise TypeError(f"grad has dtype {grad.dtype}, but param has {param.dtype}")
     if grad.shape != param.shape:

@@ -184,15 +184,7 @@ def check_arrays(param, grad, master_param, state, state_dtype):
         if a.shape != param.shape:
             raise ValueError(f"{k} has shape {a.shape}, but param has {param.shape}")
     layout = lowp.state_layout(state_dtype, param.size, np.float32)
-    for k, (_, dt) in layout.items():
-        a = state.get(k)
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{k} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != dt:
-            raise TypeError(f"{k} has dtype {a.dtype}; with master weights and state_dtype="
-                            f"{state_dtype!r} it is stored as {dt}")
-        if a.shape != param.shape:
-            raise ValueError(f"{k} has shape {a.shape}, expected {param.shape}")
+    lowp.check_state_arrays(state, layout, state_dtype, param.shape, "with master weights, ")
     named = {"param": param, "grad": grad, "master_param": master_param}
     named.update((k, state[k]) for k in layout)
     return _v.in_place_views(named, ["param", "master_param"] + list(layout)), fmt
