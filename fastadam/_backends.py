@@ -160,10 +160,15 @@ def available_backends() -> list:
 
 
 def is_device_array(a) -> bool:
-    """True for arrays exposing ``__cuda_array_interface__`` (NumPy arrays never do)."""
+    """True for arrays exposing ``__cuda_array_interface__`` (NumPy arrays never do), and
+    for the device arrays of numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which
+    do not expose it."""
     import numpy as np
     if isinstance(a, np.ndarray):
         return False
+    t = type(a)
+    if t.__name__ == "FakeCUDAArray" and t.__module__.startswith("numba"):
+        return True
     try:
         return hasattr(a, "__cuda_array_interface__")
     except RuntimeError:

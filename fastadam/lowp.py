@@ -64,11 +64,6 @@ STATE_DTYPES = ("float32", "bfloat16", "int8")
 _I8_QMAX = 127.0
 
 
-def _is_device(a) -> bool:
-    """A device array: ``__cuda_array_interface__``, or a numba CUDA-simulator array."""
-    return _backends.is_device_array(a) or type(a).__name__ == "FakeCUDAArray"
-
-
 def check_state_dtype(state_dtype) -> str:
     if not isinstance(state_dtype, str) or state_dtype not in STATE_DTYPES:
         raise ValueError(f"Invalid state_dtype: {state_dtype!r}; expected one of {STATE_DTYPES}")
@@ -294,7 +289,7 @@ def grad_stats(grads, *, grad_scale=None, clip_value=None, write=False, backend=
     total, finite = 0.0, True
     grads = list(grads)
     formats = [None] * len(grads) if formats is None else list(formats)
-    if backend == "cuda" or any(_is_device(g) for g in grads):
+    if backend == "cuda" or any(map(_backends.is_device_array, grads)):
         # device buffers: one reduction kernel each, one small copy back
         be = _backends.resolve("cuda" if backend == "auto" else backend, None)
         if be.name != "cuda":
@@ -488,7 +483,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
     state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     from . import master as _master
     rounding = _master.check_rounding(param_rounding)
-    if backend == "cuda" or (backend == "auto" and _is_device(param)):
+    if backend == "cuda" or (backend == "auto" and _backends.is_device_array(param)):
         # device arrays: fastadam.kernels.cuda_lowp validates them all, then launches
         if hp["amsgrad"] and max_exp_avg_sq is None:
             raise ValueError("amsgrad=True needs the max_exp_avg_sq array")

@@ -168,6 +168,10 @@ def test_auto_picks_cuda_for_device_arrays():
     d = to_dev(np.zeros(4), "cai")
     assert _backends.resolve("auto", d).name == "cuda"
     assert _backends.resolve("auto", d) is cuda_backend
+    # numba device arrays too (the simulator's expose no __cuda_array_interface__)
+    nd = to_dev(np.zeros(4), "numba")
+    assert _backends.is_device_array(nd) and _backends.resolve("auto", nd) is cuda_backend
+    assert not _backends.is_device_array(np.zeros(4))
     assert cuda_backend.device
     assert "cuda" in fastadam.available_backends()
 
