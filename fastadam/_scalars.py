@@ -30,6 +30,17 @@ KERNEL_STATES = {
 }
 
 
+class PythonFloats:
+    """Stands in for a dtype here so the scalars stay Python floats.
+
+    A bound numba kernel's compiled entry point converts each to the buffer's float
+    type on entry, rounding exactly as ``dtype.type`` would (float64 -> float32
+    round-to-nearest), which saves constructing a NumPy scalar per value per step.
+    """
+
+    type = float
+
+
 def _common(c, maximize, l2):
     return c(-1.0 if maximize else 1.0), c(l2)
 

@@ -662,6 +662,46 @@ class StateBackend:
                     param_rounding=self.param_rounding,
                     index_base=self.index_base(arrays["param"]))
 
+    def bind_state(self, opt, arrays, hp):
+        """``f(hp)`` doing :meth:`step` on these ``arrays`` with little Python, or None.
+
+        For the façade's cached plans (:meth:`fastadam.optim.base.Optimizer._prepare`):
+        Adam / AdamW without amsgrad, float32 parameters with bfloat16 or int8 state, on
+        numba.  The kernel's entry point is compiled for the arrays' types once and
+        called directly (as :func:`fastadam.kernels.cpu.bind`); each call computes the
+        step's scalars and stochastic-rounding seeds (the index base looked up then).
+        The caller has checked the arrays; the same bits as :meth:`step`.
+        """
+        p = arrays["param"]
+        if (self.inner.name != "numba" or opt != "adam" or hp.get("amsgrad")
+                or self.state_dtype == "float32" or "master_param" in arrays
+                or p.dtype != np.float32 or p.shape[0] == 0):
+            return None
+        import numba
+
+        from .kernels import cpu_lowp
+        par = p.shape[0] >= PARALLEL_THRESHOLD
+        f32, u32, inf = numba.float32, numba.uint32, math.inf
+        scal_t = (f32,) * 9
+        if self.state_dtype == "bfloat16":
+            arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"])
+            entry = cpu_lowp.get("adam_bf16", par).compile(
+                tuple(map(numba.typeof, arrs)) + (u32, u32, f32, f32) + scal_t)
+
+            def f(hp):
+                sm, sv = sr_seeds(hp["step"], self.index_base(p))
+                entry(*arrs, sm, sv, 1.0, inf, *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+            return f
+        arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
+                arrays["exp_avg_sq"], arrays["exp_avg_sq_scale"])
+        entry = cpu_lowp.get("adam_int8", par).compile(
+            tuple(map(numba.typeof, arrs)) + (numba.intp, f32, f32, f32) + scal_t)
+
+        def f(hp):
+            nwork = cpu_lowp.work_items(par)
+            entry(*arrs, nwork, 1.0, inf, _I8_QMAX, *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+        return f
+
 
 def _found_inf_value(found_inf) -> bool:
     if type(found_inf) in (bool, int, float):           # the common case, without NumPy
@@ -739,13 +779,14 @@ def transformed_step(opt, grad_scale=None, found_inf=None, max_grad_norm=None, c
     for i, (gi, group, fb, st, spec, hp, run) in enumerate(plan):
         # a buffer whose clamped, unscaled gradient pass 1 wrote back takes the factor only
         gscale, clip = (coef, math.inf) if i in written else (gscale2, clip2)
+        bound = clip == math.inf and getattr(opt._buffer_backend(fb), "bind", None)
         if run is None:
             for name, fill in spec.items():
                 if name not in st:
                     st[name] = opt._new_state(name, fill, fb)
-            if clip == math.inf and getattr(opt._buffer_backend(fb), "bind", None):
+            if bound:
                 run = opt._prepare(gi, fb, st, spec, hp)    # bind the kernel (and cache)
-        if run is not None and clip == math.inf:
+        if run is not None and bound:
             # the bound kernel, the factor folded into gsign (scalar 0) as
             # _scalars.scale_grad does: the entry rounds the Python float product to the
             # buffer's dtype, as dtype.type does there

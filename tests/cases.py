@@ -186,3 +186,16 @@ def loop_copy_problem(n, grad_dtype=np.float32):
     m = (rng.standard_normal(n) * 0.1).astype(f)
     v = (m.astype(np.float64) ** 2 * rng.uniform(1, 9, n)).astype(f)
     return p, g, m, v
+
+
+class NoBind:
+    """A backend seen without ``bind`` / ``bind_state``: the façade then takes its general
+    (unbound, uncached) route, the reference its bound routes are compared with."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        if name in ("bind", "bind_state"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)

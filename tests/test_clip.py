@@ -9,6 +9,7 @@ import pytest
 
 import fastadam
 import fastadam.functional as F
+from cases import NoBind
 from fastadam import lowp
 
 HP = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
@@ -237,18 +238,6 @@ def test_bad_transform_arguments_change_nothing():
 
 # --- the façade's bound route: the same bits as the general one -------------------------
 
-class _NoBind:
-    """A backend without ``bind``: the façade then takes its general (unbound) route."""
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        if name == "bind":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-
 @pytest.mark.parametrize("opt_name,kw", [("AdamW", dict(lr=1e-2, weight_decay=0.1)),
                                          ("NAdam", dict(lr=1e-2)),
                                          ("SGD", dict(lr=1e-2, momentum=0.9)),
@@ -270,7 +259,7 @@ def test_amp_bound_route_equals_general_route(opt_name, kw):
 
     P1, o1 = make()
     P2, o2 = make()
-    o2._buffer_backend = lambda fb: _NoBind(o2._backend)
+    o2._buffer_backend = lambda fb: NoBind(o2._backend)
     steps = [dict(grad_scale=64.0, max_grad_norm=1.0), dict(grad_scale=64.0, max_grad_norm=1.0),
              dict(grad_scale=32.0), dict(), dict(max_grad_norm=1e9), "lr",
              dict(grad_scale=16.0, max_grad_norm=0.5), dict(found_inf=True), "inf",

@@ -582,5 +582,11 @@ def run(name: str, arrays, scalars):
     n = arrays[0].shape[0]
     par = n >= PARALLEL_THRESHOLD
     if name == "adam_int8":
-        scalars = (_CHUNKS_PER_THREAD * numba.get_num_threads() if par else 1,) + tuple(scalars)
+        scalars = (work_items(par),) + tuple(scalars)
     return get(name, par)(*arrays, *scalars)
+
+
+def work_items(parallel: bool) -> int:
+    """``adam_int8``'s work-item count (``nwork``): :data:`_CHUNKS_PER_THREAD` per thread
+    for the parallel variant (each item allocates one 2 KiB scratch), 1 for the serial."""
+    return _CHUNKS_PER_THREAD * numba.get_num_threads() if parallel else 1

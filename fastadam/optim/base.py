@@ -33,15 +33,13 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-class _PythonFloats:
-    """Stands in for a dtype in :mod:`fastadam._scalars` so the scalars stay Python floats.
+_PythonFloats = _scalars.PythonFloats
 
-    A bound numba kernel's compiled entry point converts each to the buffer's float
-    type on entry, rounding exactly as ``dtype.type`` would (float64 -> float32
-    round-to-nearest), which saves constructing a NumPy scalar per value per step.
-    """
 
-    type = float
+def _hp_argument(_dtype, **hp):
+    """The ``scalars_of`` of a cached plan whose bound step takes the hyperparameters
+    themselves (:meth:`Optimizer._prepare_state`): ``(None, (hp,))``."""
+    return None, (hp,)
 
 
 class Optimizer:
@@ -379,10 +377,7 @@ class Optimizer:
         be = self._buffer_backend(fb)
         bind = getattr(be, "bind", None)
         if bind is None:
-            arrays = {"param": fb.data, "grad": fb.grad}
-            for name in spec:
-                arrays[name] = st[name]
-            return be.step, (self._opt, arrays, hp)
+            return self._prepare_state(gi, fb, st, spec, hp, be)
         kname, scal = getattr(_scalars, self._opt)(_PythonFloats, **hp)
         bound = self.__dict__.setdefault("_bound", {})
         key = (gi, id(st))
@@ -401,6 +396,35 @@ class Optimizer:
             # the validated snapshot this step used: later steps may take the cached plan
             self.__dict__.setdefault("_fast", {})[key] = (c, b, getattr(_scalars, self._opt))
         return b[3], scal
+
+    def _prepare_state(self, gi: int, fb, st: dict, spec: dict, hp: dict, be):
+        """:meth:`_prepare` for a backend without ``bind``: ``(be.step, (opt, arrays,
+        hp))``, or, where the backend can bind the step of these arrays (``bind_state``:
+        reduced-precision Adam state on numba, :class:`fastadam.lowp.StateBackend`),
+        ``(f, (hp,))`` with ``f`` bound once and the plan cached as :meth:`_prepare`
+        caches its own (the same checks invalidate it)."""
+        arrays = {"param": fb.data, "grad": fb.grad}
+        for name in spec:
+            arrays[name] = st[name]
+        bind_state = getattr(be, "bind_state", None)
+        if bind_state is None:
+            return be.step, (self._opt, arrays, hp)
+        bound = self.__dict__.setdefault("_bound", {})
+        key = (gi, id(st))
+        states = tuple(spec)
+        b = bound.get(key)
+        if b is None or b[0] != ("state", states) or not all(map(
+                operator.is_, (fb.data, fb.grad, *map(st.__getitem__, states)), b[2])):
+            f = bind_state(self._opt, arrays, hp)
+            if f is None:
+                return be.step, (self._opt, arrays, hp)
+            b = bound[key] = (("state", states), states,
+                              (fb.data, fb.grad) + tuple(map(st.__getitem__, states)), f)
+        c = self.__dict__.get("_hp_cache", {}).get(key)
+        if c is not None and c[8].keys() == hp.keys() and \
+                all(c[8][k] == v for k, v in hp.items() if k != "step"):
+            self.__dict__.setdefault("_fast", {})[key] = (c, b, _hp_argument)
+        return b[3], (hp,)
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
