@@ -412,13 +412,16 @@ class Optimizer:
         bound = self.__dict__.setdefault("_bound", {})
         key = (gi, id(st))
         states = tuple(spec)
+        # what the bound kernel was chosen by: the state arrays and amsgrad (which the
+        # backend refuses to bind)
+        kind = ("state", states, bool(hp.get("amsgrad")))
         b = bound.get(key)
-        if b is None or b[0] != ("state", states) or not all(map(
+        if b is None or b[0] != kind or not all(map(
                 operator.is_, (fb.data, fb.grad, *map(st.__getitem__, states)), b[2])):
             f = bind_state(self._opt, arrays, hp)
             if f is None:
                 return be.step, (self._opt, arrays, hp)
-            b = bound[key] = (("state", states), states,
+            b = bound[key] = (kind, states,
                               (fb.data, fb.grad) + tuple(map(st.__getitem__, states)), f)
         c = self.__dict__.get("_hp_cache", {}).get(key)
         if c is not None and c[8].keys() == hp.keys() and \
