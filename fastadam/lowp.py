@@ -666,23 +666,24 @@ class StateBackend:
         """``f(hp)`` doing :meth:`step` on these ``arrays`` with little Python, or None.
 
         For the façade's cached plans (:meth:`fastadam.optim.base.Optimizer._prepare`):
-        Adam / AdamW without amsgrad, float32 parameters with bfloat16 or int8 state, on
-        numba.  The kernel's entry point is compiled for the arrays' types once and
+        Adam / AdamW without amsgrad on numba, float32 parameters with bfloat16 or int8
+        state, or float16 / bfloat16 parameters with master weights.  The kernel's entry point is compiled for the arrays' types once and
         called directly (as :func:`fastadam.kernels.cpu.bind`); each call computes the
         step's scalars and stochastic-rounding seeds (the index base looked up then).
         The caller has checked the arrays; the same bits as :meth:`step`.
         """
         p = arrays["param"]
-        if (self.inner.name != "numba" or opt != "adam" or hp.get("amsgrad")
-                or self.state_dtype == "float32" or "master_param" in arrays
-                or p.dtype != np.float32 or p.shape[0] == 0):
+        if self.inner.name != "numba" or opt != "adam" or hp.get("amsgrad") or p.size == 0:
             return None
         import numba
-
-        from .kernels import cpu_lowp
-        par = p.shape[0] >= PARALLEL_THRESHOLD
         f32, u32, inf = numba.float32, numba.uint32, math.inf
         scal_t = (f32,) * 9
+        if "master_param" in arrays:
+            return self._bind_master(arrays, scal_t)
+        if self.state_dtype == "float32" or p.dtype != np.float32:
+            return None
+        from .kernels import cpu_lowp
+        par = p.shape[0] >= PARALLEL_THRESHOLD
         if self.state_dtype == "bfloat16":
             arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"])
             entry = cpu_lowp.get("adam_bf16", par).compile(
@@ -700,6 +701,33 @@ class StateBackend:
         def f(hp):
             nwork = cpu_lowp.work_items(par)
             entry(*arrs, nwork, 1.0, inf, _I8_QMAX, *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+        return f
+
+    def _bind_master(self, arrays, scal_t):
+        """:meth:`bind_state` for low-precision parameters with float32 master weights
+        (float32 or bfloat16 moments): the kernel of :func:`fastadam.master.step_arrays`."""
+        import numba
+
+        from . import master as _master
+        from .kernels import cpu_master
+        p = arrays["param"]
+        fmt = _master.param_format(p.dtype)
+        if fmt is None or self.state_dtype not in ("float32", "bfloat16"):
+            return None
+        g = arrays["grad"]
+        arrs = (_master._bits(p), g if g.dtype == np.float32 else _master._bits(g),
+                arrays["master_param"], arrays["exp_avg"], arrays["exp_avg_sq"])
+        u32, f32 = numba.uint32, numba.float32
+        entry = cpu_master.get("master_f16" if fmt == "float16" else "master_bf16",
+                               arrs[0].shape[0] >= PARALLEL_THRESHOLD).compile(
+            tuple(map(numba.typeof, arrs)) + (u32, u32, u32, numba.boolean, f32, f32) + scal_t)
+        sr, inf = self.param_rounding == "stochastic", math.inf
+
+        def f(hp):
+            step, base = hp["step"], self.index_base(p)
+            sm, sv = sr_seeds(step, base)
+            entry(*arrs, sm, sv, _master.param_seed(step, base), sr, 1.0, inf,
+                  *_scalars.adam(_scalars.PythonFloats, **hp)[1])
         return f
 
 

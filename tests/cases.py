@@ -199,3 +199,20 @@ class NoBind:
         if name in ("bind", "bind_state"):
             raise AttributeError(name)
         return getattr(self._inner, name)
+
+
+def assert_same_optimizer(o1, o2, msg=""):
+    """The two façade optimizers hold the same bits: every flat parameter buffer (the
+    live parameters) and every state array."""
+    for gi, (fp1, fp2) in enumerate(zip(o1.flat, o2.flat)):
+        for b1, b2 in zip(fp1.buffers, fp2.buffers):
+            np.testing.assert_array_equal(b1.data.view(np.uint8), b2.data.view(np.uint8),
+                                          err_msg=f"{msg} group {gi} {b1.dtype} params")
+            st1, st2 = o1.state[gi][str(b1.dtype)], o2.state[gi][str(b2.dtype)]
+            assert st1.keys() == st2.keys(), msg
+            for k, v in st1.items():
+                if isinstance(v, np.ndarray):
+                    np.testing.assert_array_equal(v.view(np.uint8), st2[k].view(np.uint8),
+                                                  err_msg=f"{msg} group {gi} {k}")
+                else:
+                    assert v == st2[k], (msg, gi, k)

@@ -9,7 +9,7 @@ import pytest
 
 import fastadam
 import fastadam.functional as F
-from cases import NoBind
+from cases import NoBind, assert_same_optimizer
 from fastadam import lowp
 
 HP = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
@@ -255,10 +255,9 @@ def test_amp_bound_route_equals_general_route(opt_name, kw):
         P["d"] = np.linspace(-1, 1, 300)                  # a float64 buffer
         groups = [{"params": {"w": P["w"], "d": P["d"]}},
                   {"params": {"b": P["b"], "u": P["u"]}, "lr": kw["lr"] / 2}]
-        return P, getattr(fastadam, opt_name)(groups, backend="numba", **kw)
+        return getattr(fastadam, opt_name)(groups, backend="numba", **kw)
 
-    P1, o1 = make()
-    P2, o2 = make()
+    o1, o2 = make(), make()
     o2._buffer_backend = lambda fb: NoBind(o2._backend)
     steps = [dict(grad_scale=64.0, max_grad_norm=1.0), dict(grad_scale=64.0, max_grad_norm=1.0),
              dict(grad_scale=32.0), dict(), dict(max_grad_norm=1e9), "lr",
@@ -280,8 +279,7 @@ def test_amp_bound_route_equals_general_route(opt_name, kw):
             for k, v in g.items():
                 o.grads[0 if k in ("w", "d") else 1][k][...] = v
             o.step(**s)
-        for k in P1:
-            np.testing.assert_array_equal(P1[k], P2[k], err_msg=f"step {t}: {s}, {k}")
+        assert_same_optimizer(o1, o2, f"step {t}: {s}")
         assert o1.skipped_steps == o2.skipped_steps
         assert (o1.last_grad_norm is None) == (o2.last_grad_norm is None)
         if "max_grad_norm" in s:
@@ -289,9 +287,5 @@ def test_amp_bound_route_equals_general_route(opt_name, kw):
             flat = [fb.grad for fp in o1.flat for fb in fp.buffers]
             sumsq, _ = lowp.grad_stats(flat, grad_scale=s.get("grad_scale"))
             assert o1.last_grad_norm == math.sqrt(sumsq)
-    for gi in range(2):
-        for dt, st in o1.state[gi].items():
-            for k, v in st.items():
-                np.testing.assert_array_equal(v, o2.state[gi][dt][k])
     assert o1._fast and not o2._fast                     # the bound route was taken
     assert o1.skipped_steps == 2
