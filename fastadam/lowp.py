@@ -667,10 +667,11 @@ class StateBackend:
 
         For the façade's cached plans (:meth:`fastadam.optim.base.Optimizer._prepare`):
         Adam / AdamW without amsgrad on numba, float32 parameters with bfloat16 or int8
-        state, or float16 / bfloat16 parameters with master weights.  The kernel's entry point is compiled for the arrays' types once and
-        called directly (as :func:`fastadam.kernels.cpu.bind`); each call computes the
-        step's scalars and stochastic-rounding seeds (the index base looked up then).
-        The caller has checked the arrays; the same bits as :meth:`step`.
+        state, or float16 / bfloat16 parameters with master weights.  The kernel's entry
+        point is compiled for the arrays' types once and called directly (as
+        :func:`fastadam.kernels.cpu.bind`); each call computes the step's scalars and
+        stochastic-rounding seeds (the index base looked up then).  The caller has
+        checked the arrays; the same bits as :meth:`step`.
         """
         p = arrays["param"]
         if self.inner.name != "numba" or opt != "adam" or hp.get("amsgrad") or p.size == 0:
@@ -691,7 +692,8 @@ class StateBackend:
 
             def f(hp):
                 sm, sv = sr_seeds(hp["step"], self.index_base(p))
-                entry(*arrs, sm, sv, 1.0, inf, *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+                entry(*arrs, sm, sv, 1.0, inf,
+                      *_scalars.adam(_scalars.PythonFloats, **hp)[1])
             return f
         arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
                 arrays["exp_avg_sq"], arrays["exp_avg_sq_scale"])
@@ -700,7 +702,8 @@ class StateBackend:
 
         def f(hp):
             nwork = cpu_lowp.work_items(par)
-            entry(*arrs, nwork, 1.0, inf, _I8_QMAX, *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+            entry(*arrs, nwork, 1.0, inf, _I8_QMAX,
+                  *_scalars.adam(_scalars.PythonFloats, **hp)[1])
         return f
 
     def _bind_master(self, arrays, scal_t):
