@@ -571,20 +571,18 @@ def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=
     fused_adam = opt == "adam" and not hp.get("amsgrad") and p.dtype == np.float32
     if be.name == "numba" and fused_adam and (lowp or clip != math.inf):
         from .kernels import cpu_lowp
-        kname, scal = _scalars.adam(p.dtype, **hp)
-        f = np.float32
         if state_dtype == "bfloat16":
             a, k = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"]), "adam_bf16"
-            sm, sv = sr_seeds(hp["step"], index_base)
-            pre = (np.uint32(sm), np.uint32(sv), f(gscale), f(clip))
         elif state_dtype == "int8":
             a = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
                  arrays["exp_avg_sq"], arrays["exp_avg_sq_scale"])
-            k, pre = "adam_int8", (f(gscale), f(clip), f(_I8_QMAX))
+            k = "adam_int8"
         else:
+            f = np.float32
             a, k = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"]), "adam_f32"
-            pre = (f(gscale), f(clip))
-        cpu_lowp.run(k, a, pre + scal)
+            cpu_lowp.run(k, a, (f(gscale), f(clip)) + _scalars.adam(p.dtype, **hp)[1])
+            return
+        cpu_lowp.run(k, a, kernel_scalars(k, hp, p.dtype, gscale, clip, index_base))
         return
     if lowp and be.name != "numpy":
         raise _backends.BackendUnavailableError(
@@ -620,6 +618,27 @@ def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=
         arrays["exp_avg_sq"][...], arrays["exp_avg_sq_scale"][...] = log8_encode(v)
 
 
+def kernel_scalars(kernel, hp, dtype, gscale=1.0, clip=math.inf, index_base=0, sr=False):
+    """The scalar arguments after the arrays of numba kernel ``kernel`` (``"adam_bf16"``,
+    ``"adam_int8"`` without its ``nwork``, or ``"master"``: cpu_master's loops) for a
+    step with hyperparameters ``hp``: the transform ``gscale`` / ``clip``, the seeds of
+    stochastic rounding (index base ``index_base``; ``sr``: the parameter copy's), then
+    :func:`fastadam._scalars.adam`'s.  ``dtype``: ``np.dtype(np.float32)`` (NumPy
+    scalars, for numba's dispatch) or :class:`fastadam._scalars.PythonFloats` (Python
+    numbers, for an entry point compiled for them, which converts them the same way)."""
+    c = dtype.type
+    u = int if c is float else np.uint32
+    scal = _scalars.adam(dtype, **hp)[1]
+    if kernel == "adam_int8":
+        return (c(gscale), c(clip), c(_I8_QMAX)) + scal
+    sm, sv = sr_seeds(hp["step"], index_base)
+    if kernel == "adam_bf16":
+        return (u(sm), u(sv), c(gscale), c(clip)) + scal
+    from .master import param_seed
+    return (u(sm), u(sv), u(param_seed(hp["step"], index_base)), bool(sr), c(gscale),
+            c(clip)) + scal
+
+
 # --- the façade's side ------------------------------------------------------------------
 
 class StateBackend:
@@ -629,8 +648,9 @@ class StateBackend:
     The façade calls ``backend.step(opt, arrays, hp)`` per flat buffer; this
     wrapper sends that to :func:`step_arrays` with its ``state_dtype`` and
     ``param_rounding`` (a buffer whose arrays hold ``master_param`` takes the
-    master-weight step).  It has
-    no ``bind``, so the façade's hot path calls ``step`` each time.
+    master-weight step).  It has no ``bind`` (its kernels take the gradient transform
+    as arguments, not folded into ``gsign``); :meth:`bind_state` gives the façade's
+    cached plans a bound plain step where the kernel allows one.
     """
 
     device = False
@@ -677,7 +697,7 @@ class StateBackend:
         if self.inner.name != "numba" or opt != "adam" or hp.get("amsgrad") or p.size == 0:
             return None
         import numba
-        f32, u32, inf = numba.float32, numba.uint32, math.inf
+        f32, u32 = numba.float32, numba.uint32
         scal_t = (f32,) * 9
         if "master_param" in arrays:
             return self._bind_master(arrays, scal_t)
@@ -691,9 +711,8 @@ class StateBackend:
                 tuple(map(numba.typeof, arrs)) + (u32, u32, f32, f32) + scal_t)
 
             def f(hp):
-                sm, sv = sr_seeds(hp["step"], self.index_base(p))
-                entry(*arrs, sm, sv, 1.0, inf,
-                      *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+                entry(*arrs, *kernel_scalars("adam_bf16", hp, _scalars.PythonFloats,
+                                             index_base=self.index_base(p)))
             return f
         arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
                 arrays["exp_avg_sq"], arrays["exp_avg_sq_scale"])
@@ -701,9 +720,8 @@ class StateBackend:
             tuple(map(numba.typeof, arrs)) + (numba.intp, f32, f32, f32) + scal_t)
 
         def f(hp):
-            nwork = cpu_lowp.work_items(par)
-            entry(*arrs, nwork, 1.0, inf, _I8_QMAX,
-                  *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+            entry(*arrs, cpu_lowp.work_items(par),
+                  *kernel_scalars("adam_int8", hp, _scalars.PythonFloats))
         return f
 
     def _bind_master(self, arrays, scal_t):
@@ -724,13 +742,11 @@ class StateBackend:
         entry = cpu_master.get("master_f16" if fmt == "float16" else "master_bf16",
                                arrs[0].shape[0] >= PARALLEL_THRESHOLD).compile(
             tuple(map(numba.typeof, arrs)) + (u32, u32, u32, numba.boolean, f32, f32) + scal_t)
-        sr, inf = self.param_rounding == "stochastic", math.inf
+        sr = self.param_rounding == "stochastic"
 
         def f(hp):
-            step, base = hp["step"], self.index_base(p)
-            sm, sv = sr_seeds(step, base)
-            entry(*arrs, sm, sv, _master.param_seed(step, base), sr, 1.0, inf,
-                  *_scalars.adam(_scalars.PythonFloats, **hp)[1])
+            entry(*arrs, *kernel_scalars("master", hp, _scalars.PythonFloats,
+                                         index_base=self.index_base(p), sr=sr))
         return f
 
 

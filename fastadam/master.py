@@ -199,7 +199,7 @@ def step_arrays(be, arrays, hp, *, fmt, rounding="nearest", state_dtype="float32
     the moments of ``state_dtype``; ``fmt`` the parameter format; ``hp``
     validated Adam hyperparameters (no amsgrad).
     """
-    from . import _scalars, lowp
+    from . import lowp
     w = arrays["master_param"]
     n = w.shape[0]
     if n == 0:
@@ -223,13 +223,9 @@ def step_arrays(be, arrays, hp, *, fmt, rounding="nearest", state_dtype="float32
     m, v = arrays["exp_avg"], arrays["exp_avg_sq"]
     if be.name == "numba":
         from .kernels import cpu_master
-        f = np.float32
-        _, scal = _scalars.adam(np.dtype(np.float32), **hp)
-        sm, sv = lowp.sr_seeds(hp["step"], index_base)
-        pre = (np.uint32(sm), np.uint32(sv), np.uint32(param_seed(hp["step"], index_base)), sr,
-               f(gscale), f(clip))
         k = "master_f16" if fmt == "float16" else "master_bf16"
-        cpu_master.run(k, (lo, g, w, m, v), pre + scal)
+        cpu_master.run(k, (lo, g, w, m, v), lowp.kernel_scalars(
+            "master", hp, np.dtype(np.float32), gscale, clip, index_base, sr))
         return
     if be.name != "numpy":
         raise _backends.BackendUnavailableError(
