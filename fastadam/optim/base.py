@@ -390,12 +390,18 @@ class Optimizer:
             _validate.host_arrays(dict(zip(names, arrs)), names[:1] + names[2:])
             typed = getattr(_scalars, self._opt)(fb.dtype, **hp)[1]
             b = bound[key] = (kname, states, arrs, bind(kname, arrs, typed))
+        self._remember_plan(key, hp, b, getattr(_scalars, self._opt))
+        return b[3], scal
+
+    def _remember_plan(self, key, hp: dict, b, scalars_of) -> None:
+        """Cache the plan of buffer ``key`` (its bound kernel ``b``; ``scalars_of(dtype,
+        **hp)[1]``: the kernel's arguments) when ``hp`` is the validated snapshot
+        :meth:`_step_hparams` keeps for it: later steps may then take the cached plan
+        (:meth:`_fast_plan`)."""
         c = self.__dict__.get("_hp_cache", {}).get(key)
         if c is not None and c[8].keys() == hp.keys() and \
                 all(c[8][k] == v for k, v in hp.items() if k != "step"):
-            # the validated snapshot this step used: later steps may take the cached plan
-            self.__dict__.setdefault("_fast", {})[key] = (c, b, getattr(_scalars, self._opt))
-        return b[3], scal
+            self.__dict__.setdefault("_fast", {})[key] = (c, b, scalars_of)
 
     def _prepare_state(self, gi: int, fb, st: dict, spec: dict, hp: dict, be):
         """:meth:`_prepare` for a backend without ``bind``: ``(be.step, (opt, arrays,
@@ -423,10 +429,7 @@ class Optimizer:
                 return be.step, (self._opt, arrays, hp)
             b = bound[key] = (kind, states,
                               (fb.data, fb.grad) + tuple(map(st.__getitem__, states)), f)
-        c = self.__dict__.get("_hp_cache", {}).get(key)
-        if c is not None and c[8].keys() == hp.keys() and \
-                all(c[8][k] == v for k, v in hp.items() if k != "step"):
-            self.__dict__.setdefault("_fast", {})[key] = (c, b, _hp_argument)
+        self._remember_plan(key, hp, b, _hp_argument)
         return b[3], (hp,)
 
     # -- checkpoints -------------------------------------------------------------------
