@@ -15,13 +15,10 @@ from __future__ import annotations
 import importlib
 
 from . import _scalars, _validate
+from ._errors import BackendUnavailableError
 
 BACKEND_NAMES = ("numba", "cython", "cuda", "numpy")
 _HOST_PREFERENCE = ("numba", "cython", "numpy")
-
-
-class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run here; the message says why."""
 
 
 class Backend:
@@ -116,7 +113,10 @@ def _load_cuda():
         from .kernels import cuda
     except ImportError as e:
         raise BackendUnavailableError(f"the cuda backend is not available: {e}") from e
-    return cuda.load_backend()
+    ok, why = cuda.available()
+    if not ok:
+        raise BackendUnavailableError(f"the cuda backend is not available: {why}")
+    return CompiledBackend("cuda", cuda.run, check=cuda.check, device=True)
 
 
 def _load_numpy():

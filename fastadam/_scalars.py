@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from .rules.formats import I8_QMAX, param_seed, sr_seeds
+
 #: The state arrays each kernel reads and writes, in argument order (after p, g).
 KERNEL_STATES = {
     "adam": ("exp_avg", "exp_avg_sq"),
@@ -142,3 +146,23 @@ def scale_grad(dtype, scalars, gscale):
     then sees ``gsign * gscale * g``, with one rounding of ``gsign * gscale``.
     """
     return (dtype.type(float(scalars[0]) * float(gscale)),) + tuple(scalars[1:])
+
+
+def kernel_scalars(kernel, hp, dtype, gscale=1.0, clip=math.inf, index_base=0, sr=False):
+    """The scalar arguments after the arrays of numba kernel ``kernel`` (``"adam_bf16"``,
+    ``"adam_int8"`` without its ``nwork``, or ``"master"``: cpu_master's loops) for a
+    step with hyperparameters ``hp``: the transform ``gscale`` / ``clip``, the seeds of
+    stochastic rounding (index base ``index_base``; ``sr``: the parameter copy's), then
+    :func:`adam`'s.  ``dtype``: ``np.dtype(np.float32)`` (NumPy
+    scalars, for numba's dispatch) or :class:`PythonFloats` (Python
+    numbers, for an entry point compiled for them, which converts them the same way)."""
+    c = dtype.type
+    u = int if c is float else np.uint32
+    scal = adam(dtype, **hp)[1]
+    if kernel == "adam_int8":
+        return (c(gscale), c(clip), c(I8_QMAX)) + scal
+    sm, sv = sr_seeds(hp["step"], index_base)
+    if kernel == "adam_bf16":
+        return (u(sm), u(sv), c(gscale), c(clip)) + scal
+    return (u(sm), u(sv), u(param_seed(hp["step"], index_base)), bool(sr), c(gscale),
+            c(clip)) + scal

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validate import FLOAT_DTYPES
-from .master import param_format
+from .rules.formats import param_format
 
 
 @dataclass

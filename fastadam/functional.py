@@ -9,7 +9,7 @@ Arrays: NumPy arrays of one dtype (float32 or float64) and one shape,
 C-contiguous; the parameter and state arrays writeable and not overlapping
 anything else.  :func:`adam_` also takes float16 (or ``ml_dtypes.bfloat16``)
 parameters with float32 master weights (``master_param=``, see
-:mod:`fastadam.master`).  On the ``cuda`` backend, device arrays exposing
+:mod:`fastadam.lowp.master`).  On the ``cuda`` backend, device arrays exposing
 ``__cuda_array_interface__`` instead.  Every check (arrays and
 hyperparameters) runs before anything is written, so a call that raises
 changes nothing.
@@ -90,7 +90,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
         ``param = round(master_param)`` in the same pass; ``grad`` has the
         param's dtype or float32; the moments are float32 (or bf16 with
         ``state_dtype="bfloat16"``).  Refused (ValueError) with a float32 or
-        float64 ``param``.  See :mod:`fastadam.master`.
+        float64 ``param``.  See :mod:`fastadam.lowp.master`.
     param_rounding : {"nearest", "stochastic"}, default "nearest"
         Rounding of ``param`` from the master: to nearest (ties to even), or
         stochastic (unbiased; reproducible from the step count and index).

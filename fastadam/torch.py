@@ -60,7 +60,7 @@ fused).  ``capturable=True`` and ``differentiable=True`` raise
 :class:`NotImplementedError`.  Parameters must be float32 or float64, on the
 CPU or a CUDA device; Adam and AdamW also take float16 / bfloat16 CPU
 parameters, updated through float32 master weights (``param_rounding``,
-:mod:`fastadam.master`).  Importing this module imports torch; ``import
+:mod:`fastadam.lowp.master`).  Importing this module imports torch; ``import
 fastadam`` alone does not.
 """
 
@@ -1186,7 +1186,7 @@ class Adam(FlatOptimizer):
         gradient, then :math:`\theta \leftarrow \mathrm{round}(w)` in the same
         pass, to nearest even or stochastically (unbiased, reproducible).
         ``torch.amp.GradScaler`` works with them (float16 included: the
-        unscaling is fused into the step).  See :mod:`fastadam.master`.
+        unscaling is fused into the step).  See :mod:`fastadam.lowp.master`.
     {common}
     Notes
     -----
@@ -1223,7 +1223,7 @@ class Adam(FlatOptimizer):
                  param_rounding="nearest"):
         if isinstance(betas, (tuple, list)) and len(betas) == 2:
             betas = tuple(betas)
-        from . import master as _master
+        from .lowp import master as _master
         self._param_rounding = _master.check_rounding(param_rounding)
         _lowp._transform_scalars(None, None, clip_value)          # validate
         if max_grad_norm is not None:

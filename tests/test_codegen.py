@@ -187,7 +187,7 @@ def test_clamped_float32_adam_sub_blocks_equal_the_serial_loop_bitwise():
 def test_master_weight_sub_blocks_are_float32_adam_and_round_by_index(fmt):
     """Master weights at a size that takes the sub-block form: the master is float32 Adam
     bit for bit, and the stochastically rounded copy uses each element's own index."""
-    from fastadam import master
+    from fastadam.lowp import master
     from fastadam.kernels import _blocked
     n = _blocked.MIN_BYTES // 4 + _blocked.CHUNK + 77
     dt = np.dtype(np.float16) if fmt == "float16" else \

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import fastadam.functional as F
-from fastadam import _backends, lowp, master
+from fastadam import _backends, lowp
+from fastadam.lowp import master
 
 try:
     _backends.get_backend("cuda")

@@ -1,4 +1,4 @@
-"""Low-precision parameters with float32 master weights (fastadam.master).
+"""Low-precision parameters with float32 master weights (fastadam.lowp.master).
 
 References: the master sequence is compared with fastadam's own float32 Adam step
 fed the decoded gradient (bit for bit: the same rule) and with torch.optim.Adam; the
@@ -11,7 +11,8 @@ import pytest
 
 import fastadam
 import fastadam.functional as F
-from fastadam import lowp, master
+from fastadam import lowp
+from fastadam.lowp import master
 from fastadam.rules import codecs, param_codecs
 
 numba = pytest.importorskip("numba")

@@ -50,7 +50,6 @@ import numpy as np
 from numba import config as _nb_config
 from numba import cuda
 
-from .. import _backends
 from .. import rules as _rules
 from .._validate import FLOAT_DTYPES
 from ..rules import adadelta as _adadelta_r
@@ -558,7 +557,7 @@ def run(name: str, arrays, scalars) -> None:
         kernel[blocks, bs, stream](*views, *scalars)
 
 
-# --- the backend -----------------------------------------------------------------------
+# --- availability (the backend itself is made by fastadam._backends) -------------------
 
 def available() -> tuple:
     """``(True, "")`` if kernels can run here, else ``(False, reason)``."""
@@ -574,11 +573,3 @@ def available() -> tuple:
                        "NUMBA_ENABLE_CUDASIM=1 before importing numba to use numba's "
                        "(slow) CUDA simulator")
     return True, ""
-
-
-def load_backend():
-    """The ``cuda`` backend; :class:`fastadam.BackendUnavailableError` if it cannot run."""
-    ok, why = available()
-    if not ok:
-        raise _backends.BackendUnavailableError(f"the cuda backend is not available: {why}")
-    return _backends.CompiledBackend("cuda", run, check=check, device=True)

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _backends, _hparams, _validate
 from .. import lowp as _lowp
-from .. import master as _master
+from ..lowp import master as _master
 from . import base
 from ._betas import split_betas
 from .base import Optimizer
@@ -59,7 +59,7 @@ class Adam(Optimizer):
         through a float32 master copy, kept in the state as ``master_param``
         (initialized exactly from the parameters at the first step); the
         parameters are rewritten from it in the same pass, rounded to nearest
-        even or stochastically (:mod:`fastadam.master`, docs/lowp.md).  Their
+        even or stochastically (:mod:`fastadam.lowp.master`, docs/lowp.md).  Their
         gradient buffers have the parameters' dtype; state_dtype
         ``"float32"`` or ``"bfloat16"``; no amsgrad; numba or numpy backend.
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _backends, _scalars, _validate
 from .. import lowp as _lowp
-from .. import master as _master
+from ..lowp import master as _master
 from ..flat import FlatParams
 
 STATE_DICT_FORMAT = "fastadam.optimizer"

@@ -46,30 +46,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _backends
-from . import _validate as _v
+from .. import _backends, _scalars
+from .. import _validate as _v
+from ..rules.formats import PARAM_FORMATS, param_format, param_seed, sr_seeds
+from . import state as _state
 
 __all__ = ["PARAM_FORMATS", "PARAM_ROUNDINGS", "param_format", "check_rounding",
            "decode_param", "encode_param", "f16_encode_sr", "param_seed"]
 
-PARAM_FORMATS = ("float16", "bfloat16")
 PARAM_ROUNDINGS = ("nearest", "stochastic")
 
 _F16_MAX = np.float32(65504.0)
-
-
-def param_format(dtype):
-    """``"float16"``, ``"bfloat16"`` (``ml_dtypes.bfloat16``) or None for a NumPy dtype."""
-    dtype = np.dtype(dtype)
-    if dtype.itemsize != 2:
-        return None
-    if dtype == np.float16:
-        return "float16"
-    # ml_dtypes (installed with keras / jax) gives NumPy a bfloat16; recognized
-    # without importing it
-    if dtype.name == "bfloat16" and dtype.type.__module__.split(".")[0] == "ml_dtypes":
-        return "bfloat16"
-    return None
 
 
 def check_rounding(param_rounding) -> str:
@@ -78,15 +65,6 @@ def check_rounding(param_rounding) -> str:
         raise ValueError(f"Invalid param_rounding: {param_rounding!r}; expected one of "
                          f"{PARAM_ROUNDINGS}")
     return param_rounding
-
-
-def param_seed(step: int, index_base: int = 0) -> int:
-    """The stochastic-rounding seed of the parameter copy at step ``step``, for arrays
-    whose element 0 is element ``index_base`` of the optimizer's buffers (see
-    :func:`fastadam.lowp.sr_seeds`)."""
-    from .lowp import shift_seed
-    from .rules.param_codecs import param_seed as _seed
-    return shift_seed(_seed(int(step)), index_base)
 
 
 def _bits(a) -> np.ndarray:
@@ -145,22 +123,20 @@ def encode_param(x, fmt: str, rounding: str = "nearest", step: int = 1,
     :func:`f16_encode_sr`.  Stochastic rounding uses the seed
     :func:`param_seed` of ``step``.
     """
-    from . import lowp
     x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     if rounding == "stochastic":
         seed = param_seed(step, index_base)
-        return f16_encode_sr(x, seed) if fmt == "float16" else lowp.bf16_encode_sr(x, seed)
+        return f16_encode_sr(x, seed) if fmt == "float16" else _state.bf16_encode_sr(x, seed)
     if fmt == "float16":
         with np.errstate(over="ignore"):
             return x.astype(np.float16).view(np.uint16)
-    return lowp.bf16_encode(x)
+    return _state.bf16_encode(x)
 
 
 # --- checks and the step -----------------------------------------------------------------
 
 def check_arrays(param, grad, master_param, state, state_dtype):
     """Validate a master-weight step's arrays (before any write); flat views by name."""
-    from . import lowp
     for k, a in (("param", param), ("grad", grad), ("master_param", master_param)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{k} must be a numpy.ndarray, got {type(a).__name__}")
@@ -183,8 +159,8 @@ def check_arrays(param, grad, master_param, state, state_dtype):
     for k, a in (("grad", grad), ("master_param", master_param)):
         if a.shape != param.shape:
             raise ValueError(f"{k} has shape {a.shape}, but param has {param.shape}")
-    layout = lowp.state_layout(state_dtype, param.size, np.float32)
-    lowp.check_state_arrays(state, layout, state_dtype, param.shape, "with master weights, ")
+    layout = _state.state_layout(state_dtype, param.size, np.float32)
+    _state.check_state_arrays(state, layout, state_dtype, param.shape, "with master weights, ")
     named = {"param": param, "grad": grad, "master_param": master_param}
     named.update((k, state[k]) for k in layout)
     return _v.in_place_views(named, ["param", "master_param"] + list(layout)), fmt
@@ -199,7 +175,6 @@ def step_arrays(be, arrays, hp, *, fmt, rounding="nearest", state_dtype="float32
     the moments of ``state_dtype``; ``fmt`` the parameter format; ``hp``
     validated Adam hyperparameters (no amsgrad).
     """
-    from . import lowp
     w = arrays["master_param"]
     n = w.shape[0]
     if n == 0:
@@ -212,8 +187,8 @@ def step_arrays(be, arrays, hp, *, fmt, rounding="nearest", state_dtype="float32
                          "parameters (master weights); use 'float32' or 'bfloat16'")
     sr = rounding == "stochastic"
     if be.name == "cuda":
-        from .kernels import cuda_lowp
-        cuda_lowp.step_arrays(arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
+        from ..kernels import cuda_lowp_launch
+        cuda_lowp_launch.step_arrays(arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
                               param_format=fmt, param_rounding=rounding,
                               index_base=index_base)
         return
@@ -222,27 +197,27 @@ def step_arrays(be, arrays, hp, *, fmt, rounding="nearest", state_dtype="float32
     g = g if g.dtype == np.float32 else _bits(g)
     m, v = arrays["exp_avg"], arrays["exp_avg_sq"]
     if be.name == "numba":
-        from .kernels import cpu_master
+        from ..kernels import cpu_master
         k = "master_f16" if fmt == "float16" else "master_bf16"
-        cpu_master.run(k, (lo, g, w, m, v), lowp.kernel_scalars(
+        cpu_master.run(k, (lo, g, w, m, v), _scalars.kernel_scalars(
             "master", hp, np.dtype(np.float32), gscale, clip, index_base, sr))
         return
     if be.name != "numpy":
         raise _backends.BackendUnavailableError(
             f"low-precision parameters (master weights) are implemented on the numba and "
             f"numpy backends, not {be.name!r}")
-    from . import reference
+    from .. import reference
     g32 = g if g.dtype == np.float32 else decode_param(g, fmt)
     c = np.float32
     if gscale != 1.0 or clip != float("inf"):
         g32 = np.clip(g32 * c(gscale), -c(clip), c(clip))
-    st = lowp.decode_state(state_dtype, arrays)
+    st = _state.decode_state(state_dtype, arrays)
     mm, vv = st["exp_avg"], st["exp_avg_sq"]
     reference.adam_(w, g32, mm, vv, None, **hp)
     if state_dtype == "bfloat16":
-        sm, sv = lowp.sr_seeds(hp["step"], index_base)
-        m[...] = lowp.bf16_encode_sr(mm, sm)
-        v[...] = lowp.bf16_encode_sr(vv, sv)
+        sm, sv = sr_seeds(hp["step"], index_base)
+        m[...] = _state.bf16_encode_sr(mm, sm)
+        v[...] = _state.bf16_encode_sr(vv, sv)
     else:
         m[...], v[...] = mm, vv
     lo[...] = encode_param(w, fmt, rounding, hp["step"], index_base)
@@ -255,7 +230,7 @@ def lo_grad_stats(g, fmt, gscale, clip, backend_name):
     overflows); numpy: float64 throughout."""
     u = _bits(g)
     if backend_name == "numba":
-        from .kernels import cpu_master
+        from ..kernels import cpu_master
         f = np.float32
         s, bad = cpu_master.run("lo_sumsq_f16" if fmt == "float16" else "lo_sumsq_bf16",
                                 (u,), (f(gscale), f(clip)))
