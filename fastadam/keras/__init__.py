@@ -1,0 +1,85 @@
+r"""Keras-style optimizers on NumPy arrays: Keras 3's names, defaults and math.
+
+``fastadam.keras`` offers :class:`Adam`, :class:`AdamW`, :class:`RMSprop`,
+:class:`Adagrad`, :class:`SGD`, :class:`Adadelta`, :class:`Nadam` and
+:class:`Adamax` with the constructor arguments, defaults and update math of
+``keras.optimizers`` (Keras 3), used the Keras way::
+
+    opt = fastadam.keras.Adam(learning_rate=0.001, beta_1=0.9, beta_2=0.999,
+                              epsilon=1e-8, decay=0.0)
+    opt.apply_gradients(zip(grads, variables))   # NumPy arrays, updated in place
+
+Keras' math differs from torch.optim's, and it is Keras' that is used here:
+Adam's "epsilon hat" form (``lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``,
+epsilon added to the un-corrected root), epsilon inside the square root for
+RMSprop/Adagrad/Adadelta, the learning rate inside the momentum buffer of SGD
+and RMSprop, Nadam's momentum schedule ``beta_1 * (1 - 0.5 * 0.96**t)``,
+Adamax's epsilon added after the maximum, Adagrad's accumulator starting at
+``initial_accumulator_value=0.1``, and decoupled ``weight_decay`` (every
+optimizer: ``var -= var * weight_decay * lr`` before the update).
+
+Common arguments (all optimizers):
+
+* ``learning_rate``: a float, or a callable.  A callable that takes an argument
+  (a ``keras.optimizers.schedules.LearningRateSchedule``, ``lambda step: ...``)
+  is called with the iteration count (steps done so far, 0 on the first step);
+  one that takes none is called with no argument, as Keras does.
+* ``weight_decay``: decoupled decay, or None.
+* ``clipnorm`` (per-variable norm), ``global_clipnorm`` (norm over all the
+  gradients of a call), ``clipvalue`` (element-wise); at most one; 0 or None
+  means off, as in Keras.
+* ``loss_scale_factor``: gradients are divided by it before clipping.
+* ``decay`` (keyword only): tf.keras' legacy time decay, which Keras 3 ignores:
+  the learning rate of the step after ``k`` steps is ``lr / (1 + decay * k)``
+  (also used by ``weight_decay``).
+* ``backend`` (keyword only): ``"auto"`` (numba, else numpy), ``"numba"`` (fused
+  kernels) or ``"numpy"`` (a plain NumPy transcription of Keras' update steps,
+  written for reading).
+* ``use_ema``, ``gradient_accumulation_steps`` and their companions are accepted
+  only at their defaults (not implemented).
+
+State is built per variable on first use, keyed by the array's identity (the
+optimizer keeps a reference to it); :meth:`Optimizer.get_slot` returns a state
+array.  When the variables of a call are views that tile one contiguous buffer
+(the views of a :class:`fastadam.FlatParams` buffer) and the gradients tile
+another at the same offsets (``FlatParams.grads``), the whole buffer is updated
+by one fused kernel call.
+
+Layout
+------
+The public names are re-exported here; the code lives in:
+
+* :mod:`fastadam.keras.base`: :class:`Optimizer`, the base: the common
+  arguments, backend choice, per-variable state, the flat-buffer path and the
+  step (``build``, ``get_slot``, ``apply_gradients``, ``apply``, ``get_config``);
+* :mod:`fastadam.keras._transforms`: the learning rate (floats, schedules,
+  the legacy ``decay``) and the gradient transforms (``loss_scale_factor``,
+  ``clipnorm``, ``global_clipnorm``, ``clipvalue``), mixins of the base;
+* :mod:`fastadam.keras._checks`: checks of arguments, variables and
+  gradients (dtype, shape, contiguity, aliasing), before anything is written;
+* :mod:`fastadam.keras._common`: what the optimizer classes share: the kernel
+  runners (looked up at call time), hyperparameter checks, the docstring of
+  the common arguments;
+* one module per optimizer, each with its defaults, hyperparameters and
+  update rule (kernel plan and NumPy step): :mod:`~fastadam.keras.adam`
+  (:class:`Adam`, :class:`AdamW`), :mod:`~fastadam.keras.rmsprop`,
+  :mod:`~fastadam.keras.adagrad`, :mod:`~fastadam.keras.sgd`,
+  :mod:`~fastadam.keras.adadelta`, :mod:`~fastadam.keras.nadam`,
+  :mod:`~fastadam.keras.adamax`.
+
+Neither Keras nor torch is imported by this package; numba only when the
+numba backend is asked for (``backend="numba"`` when the optimizer is made,
+``"auto"`` at its first step).
+"""
+
+from .adadelta import Adadelta
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .adamax import Adamax
+from .base import BACKENDS, Optimizer  # noqa: F401  (BACKENDS: as in the old keras.py)
+from .nadam import Nadam
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__all__ = ["Optimizer", "Adam", "AdamW", "RMSprop", "Adagrad", "SGD", "Adadelta", "Nadam",
+           "Adamax"]
