@@ -5,8 +5,8 @@ Run from the repository root::
     python benchmarks/lowp_bench.py [--n 8M] [--rounds 15] [--train]
 
 The contenders and the ratios are those of ``fastadam bench``'s reduced-precision
-table (:mod:`fastadam._bench_lowp`: the float32 Adam roofline in every form of
-:mod:`fastadam._roofline`, the fastest taken; fp32 / bf16 / int8 state; bf16
+table (:mod:`fastadam.bench.lowp`: the float32 Adam roofline in every form of
+:mod:`fastadam.bench.roofline`, the fastest taken; fp32 / bf16 / int8 state; bf16
 parameters with fp32 master weights; the AMP step and its own roofline),
 interleaved round by round in one process, median of the rounds.
 
@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numba  # noqa: E402
 
 import fastadam  # noqa: E402
-from fastadam import _bench_lowp, bench, lowp  # noqa: E402
+from fastadam import bench, lowp  # noqa: E402
+from fastadam.bench import lowp as _bench_lowp  # noqa: E402
 
 
 def train_losses():

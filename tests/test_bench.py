@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from fastadam import _roofline, bench, cli
+from fastadam import bench, cli
+from fastadam.bench import roofline as _roofline
 
 
 def test_bench_quick_tiny(tmp_path, capsys):

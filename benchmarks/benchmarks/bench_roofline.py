@@ -15,7 +15,7 @@ class Roofline:
     param_names = ["arrays_read", "variant", "size"]
 
     def setup(self, k, variant, n):
-        from fastadam import _roofline
+        from fastadam.bench import roofline as _roofline
         self.arrays = [np.full(n, 0.5, np.float32) for _ in range(k)]
         self.a = np.float32(1e-12)
         self.loop = _roofline.get(k, *_roofline.VARIANTS[variant])

@@ -30,6 +30,15 @@ cannot pass on a given machine).
 
 Importing this module compiles nothing; :func:`get` compiles lazily (cached
 on disk by numba).
+
+This is a bottom layer of :mod:`fastadam.bench`, beside
+:mod:`fastadam.bench.timing`: it imports only numba, fastadam's configuration and
+the sub-block machinery of the kernels, never the rest of the bench.
+
+See Also
+--------
+fastadam.kernels._blocked : the prefetched sub-block form the loops share with the kernels.
+fastadam.bench.contenders : times these loops beside the steps.
 """
 
 from __future__ import annotations
@@ -37,8 +46,8 @@ from __future__ import annotations
 import numba
 from numba import prange
 
-from ._config import FASTMATH
-from .kernels._blocked import AHEAD_LINES, CHUNK, HASH as _BHASH, LINE, SUB_LINES, k_prefetch
+from .._config import FASTMATH
+from ..kernels._blocked import AHEAD_LINES, CHUNK, HASH as _BHASH, LINE, SUB_LINES, k_prefetch
 
 # float32 elements of the prefetched read pass (the sub-block form of kernels/_blocked.py)
 _RCHUNK, _RSUB, _RAHEAD = CHUNK, SUB_LINES * LINE // 4, AHEAD_LINES * LINE // 4
@@ -135,7 +144,7 @@ _rules: dict = {}
 
 def _prefetched(n_arrays: int):
     """The prefetched sub-block form of ``_LOOPS[n_arrays]`` (sub-blocks at every size)."""
-    from .kernels import _blocked
+    from ..kernels import _blocked
     rule = f"_r{n_arrays}"
     if rule not in _rules:
         _rules[rule] = numba.njit(inline="always", fastmath=FASTMATH, cache=False)(
@@ -154,7 +163,7 @@ def get(n_arrays: int, parallel: bool, prefetch: bool = False):
         src = _prefetched(n_arrays) if prefetch else _LOOPS[n_arrays]
         suffix = "_par" if parallel else "_ser"
         if prefetch:
-            from .kernels import _blocked
+            from ..kernels import _blocked
             suffix += "_pf" + _blocked.HASH
         f = types.FunctionType(src.__code__, src.__globals__, src.__name__ + suffix,
                                src.__defaults__, src.__closure__)

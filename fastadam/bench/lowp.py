@@ -1,16 +1,16 @@
 """The reduced-precision section of ``fastadam bench`` (issue 8's targets).
 
 On one flat buffer of ``n`` float32-sized parameters (default 8M), every
-contender interleaved in one process (see :func:`fastadam.bench.interleave`):
+contender interleaved in one process (see :func:`fastadam.bench.timing.interleave`):
 
 * ``roofline ...``: the fastest loop moving exactly a float32 Adam step's bytes
-  (28 B/param; :mod:`fastadam._roofline`, every form it has, the fastest taken);
+  (28 B/param; :mod:`fastadam.bench.roofline`, every form it has, the fastest taken);
 * ``adam fp32 state``: :func:`fastadam.functional.adam_` (the numba kernel);
 * ``adam bf16 state`` (20 B/param) and ``adam int8 state`` (16.06 B/param):
   the same call with ``state_dtype=...`` from a realistic (not all-zero) state;
 * ``bf16 params, fp32 master`` (28 B/param) and ``bf16 params, bf16 state``
   (20 B/param): bfloat16 parameters and gradients with float32 master weights
-  (``master_param=``, :mod:`fastadam.master`);
+  (``master_param=``, :mod:`fastadam.lowp.master`);
 * ``amp step``: ``fastadam.AdamW(max_grad_norm=1.0).step(grad_scale=1024)`` on
   one flat buffer: the fused first pass (unscale, inf/nan check, global norm),
   then the update with the factor folded in (32 B/param);
@@ -19,17 +19,25 @@ contender interleaved in one process (see :func:`fastadam.bench.interleave`):
   roofline loop;
 * ``roofline bf16 state ...`` / ``roofline int8 state ...``: the fastest loop
   moving a reduced-precision step's bytes (float32 ``p``, ``g`` and moments of
-  2 / 1 bytes; :func:`fastadam._roofline.state_loops`), each state format's own
+  2 / 1 bytes; :func:`fastadam.bench.roofline.state_loops`), each state format's own
   roofline: how far a kernel is from moving its bytes, and the speed-up over
   the float32 roofline that no kernel of that format can pass on this machine.
 
 Targets (issue 8): bf16 state >= 1.3x and int8 state >= 1.6x faster than the
 float32 roofline; the AMP step >= 90% of its own roofline.
+
+See Also
+--------
+fastadam.lowp : the reduced-precision state formats measured here.
+fastadam.bench.report : prints this section (:func:`format_section`) after the others.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .contenders import _roofline_fns
+from .timing import _fmt_time, _label
 
 HP = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
 #: contender -> (bytes moved per parameter, target speed-up over the fp32 roofline,
@@ -48,9 +56,9 @@ _STATE_ITEMSIZE = {"bf16": 2, "int8": 1}
 def contenders(n: int) -> dict:
     """``name -> fn`` of the section, for ``n`` parameters (``n`` >= 1)."""
     import fastadam
-    from . import functional as F
-    from . import lowp
-    from .bench import _roofline_fns
+    from .. import functional as F
+    from .. import lowp             # fastadam.lowp, the state formats (not this module)
+    from .roofline import read_loops, state_loops, state_words
 
     f32 = np.float32
     rng = np.random.default_rng(0)
@@ -96,13 +104,11 @@ def contenders(n: int) -> dict:
     opt = fastadam.AdamW([p0.copy()], lr=1e-3, max_grad_norm=1.0)
     opt.grads[0][...] = g0 * f32(1024)
     out["amp step"] = lambda: opt.step(grad_scale=1024.0)
-    from . import _roofline
-    out.update(("roofline " + k, f) for k, f in _roofline.read_loops(g0.copy()).items())
+    out.update(("roofline " + k, f) for k, f in read_loops(g0.copy()).items())
     for fmt, size in _STATE_ITEMSIZE.items():
-        arrays = (p0.copy(), g0.copy(), _roofline.state_words(n, size),
-                  _roofline.state_words(n, size))
+        arrays = (p0.copy(), g0.copy(), state_words(n, size), state_words(n, size))
         out.update((f"roofline {fmt} state {k}", f)
-                   for k, f in _roofline.state_loops(*arrays, size).items())
+                   for k, f in state_loops(*arrays, size).items())
     return out
 
 
@@ -130,7 +136,6 @@ def summarize(n: int, medians: dict) -> dict:
 
 
 def format_section(res: dict) -> str:
-    from .bench import _fmt_time, _label
     lines = [f"Reduced precision and AMP, one buffer of {_label(res['size'])} params, against "
              f"the float32 Adam roofline ({_fmt_time(res['roofline_s']).strip()}, 28 B/param)",
              "(own roofline: the fastest loop moving the contender's bytes; its speed-up is "
