@@ -93,7 +93,7 @@ class StateBackend:
 
             def f(hp):
                 entry(*arrs, *_scalars.kernel_scalars("adam_bf16", hp, _scalars.PythonFloats,
-                                             index_base=self.index_base(p)))
+                                                      index_base=self.index_base(p)))
             return f
         arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
                 arrays["exp_avg_sq"], arrays["exp_avg_sq_scale"])
@@ -126,7 +126,7 @@ class StateBackend:
 
         def f(hp):
             entry(*arrs, *_scalars.kernel_scalars("master", hp, _scalars.PythonFloats,
-                                         index_base=self.index_base(p), sr=sr))
+                                                  index_base=self.index_base(p), sr=sr))
         return f
 
 

@@ -188,9 +188,9 @@ def step_arrays(be, arrays, hp, *, fmt, rounding="nearest", state_dtype="float32
     sr = rounding == "stochastic"
     if be.name == "cuda":
         from ..kernels import cuda_lowp_launch
-        cuda_lowp_launch.step_arrays(arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
-                              param_format=fmt, param_rounding=rounding,
-                              index_base=index_base)
+        cuda_lowp_launch.step_arrays(arrays, hp, state_dtype=state_dtype, gscale=gscale,
+                                     clip=clip, param_format=fmt, param_rounding=rounding,
+                                     index_base=index_base)
         return
     lo = _bits(arrays["param"])
     g = arrays["grad"]

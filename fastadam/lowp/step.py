@@ -127,7 +127,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
         state.update(exp_avg_scale=exp_avg_scale, exp_avg_sq_scale=exp_avg_sq_scale,
                      max_exp_avg_sq=max_exp_avg_sq)
         cuda_lowp_launch.adam_(param, grad, state, master_param, hp, state_dtype=state_dtype,
-                        gscale=gscale, clip=clip, rounding=rounding)
+                               gscale=gscale, clip=clip, rounding=rounding)
         return
     lowp_param = isinstance(param, np.ndarray) and _master.param_format(param.dtype) is not None
     if master_param is not None or lowp_param:
@@ -184,9 +184,9 @@ def step_arrays(be, opt, arrays, hp, *, state_dtype="float32", gscale=1.0, clip=
     p = arrays["param"]
     if be.name == "cuda" and opt == "adam":
         from ..kernels import cuda_lowp_launch
-        cuda_lowp_launch.step_arrays(arrays, hp, state_dtype=state_dtype, gscale=gscale, clip=clip,
-                              param_format=param_format, param_rounding=param_rounding,
-                              index_base=index_base)
+        cuda_lowp_launch.step_arrays(arrays, hp, state_dtype=state_dtype, gscale=gscale,
+                                     clip=clip, param_format=param_format,
+                                     param_rounding=param_rounding, index_base=index_base)
         return
     if p.shape[0] == 0:
         return
