@@ -64,14 +64,8 @@ from .main import DEFAULT_SIZES, QUICK_SIZES, add_arguments, run
 from .report import format_table, machine_info, plot, print_report
 from .timing import interleave, interleave_samples
 
-# the private helpers of the former single module, still reached as fastadam.bench._size
-# and so on (the tests, benchmarks/lowp_bench.py)
-from .contenders import _STARTUP, _cython_available, _data, _deepspeed_adam  # noqa: F401
-from .contenders import _ds_adam, _facade, _fastadam_torch, _fastadam_torch_adam  # noqa: F401
-from .contenders import _roofline_fns, _torch, _torch_adam  # noqa: F401
-from .main import _set_threads  # noqa: F401
-from .report import _summarize  # noqa: F401
-from .timing import _calibrate, _fmt_time, _label, _size, _sizes  # noqa: F401
+# the one private helper reached from outside (tests: fastadam.bench._size)
+from .timing import _size  # noqa: F401
 
 __all__ = [
     "BETAS", "DEFAULT_SIZES", "EPS", "GPT", "LR", "OPTIMIZERS", "PEERS", "QUICK_SIZES",
