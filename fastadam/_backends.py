@@ -54,7 +54,7 @@ class CompiledBackend(Backend):
         #: the kernel on those (already checked) arrays with the least per-call overhead,
         #: taking the scalars as Python floats (and bools) and rounding them to the
         #: arrays' dtype as ``dtype.type`` does; used by the façades, which step the
-        #: same buffers again and again (``fastadam/optim/base.py``).
+        #: same buffers again and again (``fastadam/optim/_plan.py``).
         self.bind = bind
 
     def step(self, opt, arrays, hp):

@@ -7,7 +7,7 @@ import numpy as np
 from .. import _backends, _hparams, _validate
 from .. import lowp as _lowp
 from ..lowp import master as _master
-from . import base
+from ._groups import _group_dtypes
 from ._betas import split_betas
 from .base import Optimizer
 
@@ -153,7 +153,7 @@ class Adam(Optimizer):
     def _add_group(self, group):
         # before anything is copied: low-precision parameters need no amsgrad, and the
         # backend must run their kernels
-        lowp = [dt for dt in base._group_dtypes(group.get("params", ()))
+        lowp = [dt for dt in _group_dtypes(group.get("params", ()))
                 if _master.param_format(dt) is not None]
         if lowp:
             if group.get("amsgrad", self.defaults["amsgrad"]):
@@ -170,7 +170,7 @@ class Adam(Optimizer):
     def _check_group_arrays(self, p):
         # before anything is copied: reduced-precision state needs float32 parameters,
         # or float16 / bfloat16 ones (with master weights) for bfloat16 state
-        for dt in base._group_dtypes(p):
+        for dt in _group_dtypes(p):
             lowp = _master.param_format(dt) is not None
             if lowp and self.state_dtype == "int8":
                 raise ValueError(f"state_dtype='int8' is not supported with {dt} parameters "
