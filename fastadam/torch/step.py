@@ -1,0 +1,302 @@
+"""The step: planning the kernel runs of a bucket, gradient copies, the kernel calls.
+
+:class:`_StepMixin` is the part of :class:`~fastadam.torch.base.FlatOptimizer`
+that runs ``step()`` and ``zero_grad()``.  Per bucket, ``_plan`` checks the
+gradients and moved parameters and splits the bucket into runs (consecutive
+parameters with a gradient in the flat buffer and one step count; a big foreign
+gradient is a run of its own, read where it is: :data:`_IN_PLACE_MIN`); then
+``_execute`` puts moved parameters and small foreign gradients in place
+(``_prepare``, ``_copy_grads``), calls the kernels (``_run``, ``_call``) and
+writes back to engine-owned storage (``_finish``).  A step with unscaling,
+inf/nan skipping or clipping goes through
+:meth:`~fastadam.torch.transformed._TransformMixin._transformed_step` instead.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+
+from .. import _scalars
+from .buffers import _SCALES, _data_ptr
+
+#: A gradient tensor that is not a view of the flat buffer (a fresh one from
+#: autograd after ``zero_grad()``, or one the user assigned) and has at least this
+#: many elements is used where it is, in a kernel call of its own; smaller ones are
+#: copied into the flat buffer, where they join their neighbours' call.
+_IN_PLACE_MIN = 16384
+
+_is = operator.is_
+_grad_of = operator.attrgetter("grad")
+
+
+class _StepMixin:
+    """``step()`` and ``zero_grad()`` of a :class:`~fastadam.torch.base.FlatOptimizer`."""
+
+    def _refresh_uniform(self, b):
+        """Whether one kernel call can again cover the whole bucket (same scalars)."""
+        s = b.steps
+        if not s.size:
+            b.uniform = True
+        elif self._needs_step:
+            b.uniform = bool(s.min() == s.max()) and (
+                b.mu is None or bool(b.mu.min() == b.mu.max()))
+        elif self._needs_first:
+            b.uniform = bool((s > 0).all() or (s == 0).all())
+        else:
+            b.uniform = True
+
+    # -- zero_grad / step ----------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients, as ``torch.optim.Optimizer.zero_grad``.
+
+        Parameters
+        ----------
+        set_to_none : bool, default True
+            True: every ``.grad`` becomes None, as in torch; the next backward
+            makes fresh gradient tensors, which ``step()`` reads where they are
+            (big ones, a kernel call each) or copies into the flat buffer (small
+            ones).  False: the flat gradient buffer is zeroed in one fill and every
+            ``.grad`` that is not None becomes (stays) its view of it, so the next
+            backward accumulates straight into the flat buffer and ``step()`` is
+            one kernel call per buffer.  A ``.grad`` that is None stays None.
+        """
+        for b in self._buckets:
+            if set_to_none:
+                for p in b.params:
+                    p.grad = None
+                continue
+            grads = list(map(_grad_of, b.params))
+            if not all(map(_is, grads, b.gviews)):
+                for p, g, v in zip(b.params, grads, b.gviews):
+                    if g is not None and g is not v:
+                        p.grad = v
+            b.grad.zero_()
+
+    def step(self, closure=None):
+        """Perform one optimization step: one fused kernel call per flat buffer.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (called with grad enabled).
+
+        Returns
+        -------
+        The closure's loss, or None.
+
+        Raises
+        ------
+        TypeError, ValueError, RuntimeError
+            On a bad hyperparameter in ``param_groups`` or a bad gradient, before
+            any parameter, gradient or state is changed.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self.param_groups
+        plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
+        grad_scale = getattr(self, "grad_scale", None)      # set by torch.amp.GradScaler
+        found_inf = getattr(self, "found_inf", None)
+        if (grad_scale is None and found_inf is None and self.max_grad_norm is None
+                and self.clip_value is None):
+            for plan in plans:
+                self._execute(*plan)
+        else:
+            self._transformed_step(plans, grad_scale, found_inf)
+        return loss
+
+    def _plan(self, b, rec):
+        """Check one bucket and decide its runs; changes nothing."""
+        params = b.params
+        grads = list(map(_grad_of, params))
+        bound = all(map(_is, grads, b.gviews))
+        moved = list(map(_data_ptr, params)) != b.ptrs
+        if bound and not moved and b.uniform:
+            if self._needs_mu:
+                self._check_mu(rec[0], int(b.steps[0]) + 1, float(b.mu[0]))
+            return b, rec, (), (), ((0, len(params), None),)
+        hp = rec[0]
+        readopt = []
+        if moved:
+            for i, p in enumerate(params):
+                if _data_ptr(p) != b.ptrs[i]:
+                    if p.dtype != b.dtype or p.device != b.device or p.shape != b.views[i].shape:
+                        raise RuntimeError(
+                            f"parameter {i} of param group {b.gi} was replaced by a tensor of "
+                            f"another dtype, device or shape ({p.dtype}, {p.device}, "
+                            f"{tuple(p.shape)}) after the optimizer was made; create the "
+                            "optimizer after moving or casting the model")
+                    readopt.append(i)
+        copies = []
+        has = []          # per parameter: None (no grad), True (in the flat buffer), or the
+        for i, (g, v) in enumerate(zip(grads, b.gviews)):     # grad tensor used in place
+            if g is None:
+                has.append(None)
+                continue
+            if g is not v:
+                if g.is_sparse or g.layout != torch.strided:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse "
+                                       "gradients")
+                if g.shape != v.shape or g.dtype != b.dtype or g.device != b.device:
+                    raise ValueError(
+                        f"the gradient of parameter {i} of param group {b.gi} has shape "
+                        f"{tuple(g.shape)}, dtype {g.dtype}, device {g.device}; expected "
+                        f"{tuple(v.shape)}, {b.dtype}, {b.device}")
+                if (g.numel() >= _IN_PLACE_MIN and g.is_contiguous() and not g.is_neg()
+                        and b.sdt != "int8"):       # int8: runs must be whole blocks
+                    has.append(g)           # big: its own kernel call, no copy
+                    continue
+                copies.append((i, g))       # small or strided: copied into the flat slot
+            has.append(True)
+        # runs: consecutive parameters whose gradients are in the flat buffer and that
+        # share the step-dependent scalars; a gradient used in place is a run of its own
+        if self._needs_mu:
+            keys = list(zip(b.steps.tolist(), b.mu.tolist()))
+        elif self._needs_step:
+            keys = b.steps.tolist()
+        elif self._needs_first and hp["momentum"] != 0:
+            keys = (b.steps > 0).tolist()
+        else:
+            keys = None
+        runs = []
+        n = len(params)
+        i = 0
+        while i < n:
+            h = has[i]
+            if h is None:
+                i += 1
+                continue
+            j = i + 1
+            if h is not True:
+                runs.append((i, j, h))
+                i = j
+                continue
+            if keys is None:
+                while j < n and has[j] is True:
+                    j += 1
+            else:
+                k = keys[i]
+                while j < n and has[j] is True and keys[j] == k:
+                    j += 1
+            runs.append((i, j, None))
+            i = j
+        if self._needs_mu:
+            for a, _, _ in runs:
+                self._check_mu(hp, int(b.steps[a]) + 1, float(b.mu[a]))
+        return b, rec, readopt, copies, runs
+
+    def _execute(self, b, rec, readopt, copies, runs):
+        back = self._prepare(b, rec, readopt, copies, runs)
+        if runs:
+            hp, kname, names, advances = rec
+            self._run(b, kname, names, hp, advances, runs)
+        self._finish(b, back)
+
+    def _prepare(self, b, rec, readopt, copies, runs):
+        """Moved parameters and foreign gradients into place; returns what to copy back."""
+        copy_back = ()
+        if readopt and b.fmt and "master_param" in b.state:
+            # a low-precision parameter given new values (p.data = ...): its master takes
+            # them, else the step would rewrite the parameter from the stale master
+            m, o = b.state["master_param"], b.offsets
+            with torch.no_grad():
+                for i in readopt:
+                    p = b.params[i].detach()
+                    m[o[i]:o[i] + p.numel()].copy_(p.reshape(-1))
+        if readopt and not self._adopt(b):
+            # An engine owns these parameters' storage now (ZeroRedundancyOptimizer's
+            # parameter buckets, FSDP's shards) and keeps reading it: step a copy and write
+            # it back; never re-point p.data away from the engine's storage.
+            with torch.no_grad():
+                for i in readopt:
+                    b.views[i].copy_(b.params[i].detach())
+            copy_back = readopt
+        if copies:
+            with torch.no_grad():
+                self._copy_grads(b, copies)
+        return copy_back
+
+    def _run(self, b, kname, names, hp, advances, runs):
+        """The kernel calls of one bucket's step (its runs of parameters)."""
+        arrays = b.arrays.get(kname)
+        if arrays is None:
+            for name in names + (_SCALES if b.sdt == "int8" else ()) + (
+                    ("master_param",) if b.fmt else ()):
+                b.ensure_state(name, self._fill(name))
+            arrays = b.kernel_arrays(kname)
+        special = b.sdt != "float32" or self._xf is not None or b.fmt is not None
+        steps = b.steps
+        n = len(b.params)
+        if len(runs) == 1 and runs[0][1] - runs[0][0] == n and runs[0][2] is None:
+            t = int(steps[0]) + 1 if n else 1                 # the whole buffer at once
+            sc = self._scalars_of(b, hp, t, b.mu[0] if self._needs_mu and n else 1.0, {})
+            if special:
+                self._call_x(b, names, sc[0], 0, b.offsets[-1], None)
+            else:
+                self._call(b, kname, arrays, sc)
+            if advances:
+                steps += 1
+                if self._needs_mu:
+                    b.mu[:] = self._next_mu(hp, t, b.mu[0] if n else 1.0)
+        else:
+            offs = b.offsets
+            memo = {}
+            for a, z, g in runs:
+                t = int(steps[a]) + 1
+                mu = float(b.mu[a]) if self._needs_mu else 1.0
+                lo, hi = offs[a], offs[z]
+                if g is not None:
+                    g = g.detach().reshape(-1)
+                    g = g if b.cuda else b._host(g)
+                if special:
+                    self._call_x(b, names, self._scalars_of(b, hp, t, mu, memo)[0], lo, hi, g)
+                else:
+                    arr = tuple(x[lo:hi] for x in arrays)
+                    if g is not None:
+                        arr = (arr[0], g) + arr[2:]
+                    self._call(b, kname, arr, self._scalars_of(b, hp, t, mu, memo))
+                if advances:
+                    steps[a:z] += 1
+                    if self._needs_mu:
+                        b.mu[a:z] = self._next_mu(hp, t, mu)
+            self._refresh_uniform(b)
+        if advances and not b.all_started:
+            for a, z, _ in runs:
+                for i in range(a, z):
+                    self._populate(b, i)
+            b.all_started = all(b.started)
+
+    @staticmethod
+    def _copy_grads(b, copies):
+        """Copy foreign gradient tensors into the flat gradient buffer.
+
+        On CPU with NumPy (a plain memcpy on this thread): a torch copy would wake
+        torch's OpenMP pool between backward and the kernel's own thread pool.
+        """
+        if not b.cuda and b.gnp is not None:
+            views = b.gnp
+            try:
+                srcs = [g.detach().numpy() for _, g in copies]
+            except (RuntimeError, TypeError):   # e.g. a tensor with the neg/conj bit set
+                srcs = None
+            if srcs is not None:
+                for (i, _), s in zip(copies, srcs):
+                    np.copyto(views[i], s, casting="no")
+                return
+        torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
+
+    def _call(self, b, kname, arrays, sc):
+        """One kernel call over ``arrays`` (a run of parameters sharing one step)."""
+        if arrays[0].shape[0] == 0:
+            return
+        fhp, k, scal = sc
+        if b.run is not None:
+            b.run(k, arrays, scal)
+        else:
+            named = {"param": arrays[0], "grad": arrays[1]}
+            named.update(zip(_scalars.KERNEL_STATES[kname], arrays[2:]))
+            b.backend.step(self._opt, named, fhp)
