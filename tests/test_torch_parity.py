@@ -70,10 +70,48 @@ def test_float32_matches_torch_step_by_step(case, backend):
                 opt.state[tp][k].copy_(torch.from_numpy(v))
         tp.grad = torch.from_numpy(g.copy())
         opt.step()
+        # the same step in float64 from the same float32 inputs (the shadow)
+        p64, st64 = p.astype(np.float64), {k: v.astype(np.float64) for k, v in st.items()}
+        functional_step(case, p64, g.astype(np.float64), st64, t, "numpy", mp)
         r = functional_step(case, p, g, st, t, backend, mp)
         if case.opt == "nadam":
             mp = r
-        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+        _assert_close_or_more_accurate(p, tp.detach().numpy(), p64, "param")
         for k, v in st.items():
-            np.testing.assert_allclose(v, opt.state[tp][k].numpy(), rtol=1e-5, atol=1e-6,
-                                       err_msg=k)
+            _assert_close_or_more_accurate(v, opt.state[tp][k].numpy(), st64[k], k)
+
+
+def _assert_close_or_more_accurate(actual, desired, shadow, what):
+    """fastadam's float32 ``actual`` against torch's float32 ``desired``: within rtol 1e-5 /
+    atol 1e-6 per element, or, where an expression cancels and one rounding apart shows
+    more than that, at least as close as torch to the float64 ``shadow`` (the contract of
+    DESIGN.md).  torch's float32 ``sqrt`` is not correctly rounded on every CPU (on an AMD
+    EPYC it returns 0.13236035 for sqrt(0.017519265), whose correctly rounded float32
+    square root is 0.13236037), and RMSprop's ``momentum * buf + g / avg`` then cancels
+    that ulp up to the size of its terms."""
+    close = np.isclose(actual, desired, rtol=1e-5, atol=1e-6, equal_nan=True)
+    if close.all():
+        return
+    a, d, s = actual[~close].astype(np.float64), desired[~close].astype(np.float64), \
+        shadow[~close]
+    worse = ~(np.abs(a - s) <= np.abs(d - s))
+    assert not worse.any(), (
+        f"{what}: {int(worse.sum())} element(s) off torch's by more than rtol 1e-5 / atol "
+        f"1e-6 and farther from the float64 step than torch's: fastadam {a[worse][:5]}, "
+        f"torch {d[worse][:5]}, float64 {s[worse][:5]}")
+
+
+def test_parity_check_refuses_a_less_accurate_result():
+    """The check above accepts a difference beyond tolerance only where fastadam is the
+    more accurate of the two."""
+    # the element that failed on an AMD EPYC: torch's value is 1.9e-6 (72 ulp) off
+    shadow = np.array([0.02627659, 1.0])
+    torch_ = np.array([0.026274681, 1.0], np.float32)
+    exact = shadow.astype(np.float32)                        # more accurate: accepted
+    _assert_close_or_more_accurate(exact, torch_, shadow, "x")
+    off = np.array([0.02628, 1.0], np.float32)              # farther than torch's: refused
+    with pytest.raises(AssertionError, match="farther from the float64 step"):
+        _assert_close_or_more_accurate(off, torch_, shadow, "x")
+    with pytest.raises(AssertionError):
+        _assert_close_or_more_accurate(np.array([0.026274681, 1.1], np.float32), torch_,
+                                       shadow, "x")
