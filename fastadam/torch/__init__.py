@@ -92,12 +92,10 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .base import FlatOptimizer
-from .buffers import _Bucket, _flat_tensor  # noqa: F401
-from .hparams import _betas, _num  # noqa: F401
 from .nadam import NAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
-from .step import _IN_PLACE_MIN  # noqa: F401
+from .step import _IN_PLACE_MIN  # noqa: F401  (read by the tests)
 
 __all__ = ["Adam", "AdamW", "RMSprop", "Adagrad", "SGD", "Adadelta", "NAdam", "Adamax",
            "FlatOptimizer"]
