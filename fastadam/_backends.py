@@ -40,13 +40,28 @@ class Backend:
     def step(self, opt: str, arrays: dict, hp: dict) -> None:
         raise NotImplementedError
 
+    #: whether :meth:`sparse_step` is implemented (row-sparse steps)
+    sparse = False
+
+    def sparse_step(self, opt: str, tables: dict, indices, values, hp: dict) -> None:
+        """A row-sparse step (:mod:`fastadam.kernels.cpu_sparse`): ``tables`` maps the
+        names of :data:`fastadam._scalars.SPARSE_KERNEL_STATES` (and ``"param"``) to
+        the checked arrays, ``opt`` names a row-sparse function of :mod:`._scalars`."""
+        raise BackendUnavailableError(
+            f"row-sparse steps are implemented on the numba and numpy backends, not "
+            f"{self.name!r}")
+
 
 class CompiledBackend(Backend):
     """A backend given by a ``run(kernel_name, arrays, scalars)`` function."""
 
-    def __init__(self, name, run, check=None, device=False, bind=None):
+    def __init__(self, name, run, check=None, device=False, bind=None, sparse_run=None):
         self.name = name
         self.run = run
+        #: optional ``sparse_run(kernel_name, tables, indices, values, scalars)``: the
+        #: row-sparse kernels (:func:`fastadam.kernels.cpu_sparse.run`)
+        self.sparse_run = sparse_run
+        self.sparse = sparse_run is not None
         self.device = device
         if check is not None:
             self.check = check
@@ -62,6 +77,15 @@ class CompiledBackend(Backend):
         kname, scal = getattr(_scalars, opt)(p.dtype, **hp)
         self.run(kname, (p, arrays["grad"]) + tuple(arrays[s] for s in _scalars.KERNEL_STATES[kname]),
                  scal)
+
+    def sparse_step(self, opt, tables, indices, values, hp):
+        if self.sparse_run is None:
+            return super().sparse_step(opt, tables, indices, values, hp)
+        p = tables["param"]
+        kname, scal = getattr(_scalars, opt)(p.dtype, **hp)
+        self.sparse_run(kname, (p,) + tuple(tables[s] for s in
+                                            _scalars.SPARSE_KERNEL_STATES[kname]),
+                        indices, values, scal)
 
 
 class NumpyBackend(Backend):
@@ -89,13 +113,28 @@ class NumpyBackend(Backend):
         else:  # pragma: no cover - programming error
             raise KeyError(opt)
 
+    sparse = True
+
+    def sparse_step(self, opt, t, indices, values, hp):
+        from . import reference as r
+        hp = dict(hp)
+        hp.pop("dim", None)
+        f = getattr(r, opt + "_")
+        if opt == "lazy_adam":
+            f(t["param"], indices, values, t["exp_avg"], t["exp_avg_sq"],
+              t.get("max_exp_avg_sq"), **hp)
+        else:
+            states = {"sparse_adam": ("exp_avg", "exp_avg_sq"), "sparse_adagrad": ("sum",),
+                      "sparse_sgd": (), "rowwise_adagrad": ("sum",)}[opt]
+            f(t["param"], indices, values, *(t[s] for s in states), **hp)
+
 
 def _load_numba():
     try:
-        from .kernels import cpu
+        from .kernels import cpu, cpu_sparse
     except ImportError as e:
         raise BackendUnavailableError(f"the numba backend needs numba, which failed to import: {e}") from e
-    return CompiledBackend("numba", cpu.run, bind=cpu.bind)
+    return CompiledBackend("numba", cpu.run, bind=cpu.bind, sparse_run=cpu_sparse.run)
 
 
 def _load_cython():

@@ -72,3 +72,25 @@ def nadam(*, step, lr, beta1, beta2, eps, weight_decay, momentum_decay,
 def adamax(*, step, lr, beta1, beta2, eps, weight_decay, maximize):
     return dict(step=v.step(step), **_common(lr, eps, weight_decay, maximize),
                 **_betas(beta1, beta2))
+
+
+def sparse_adam(*, step, lr, beta1, beta2, eps, maximize):
+    """torch.optim.SparseAdam's checks: the learning rate and epsilon must be > 0."""
+    return dict(step=v.step(step), lr=v.positive("lr", lr, "learning rate"),
+                eps=v.positive("eps", eps, "epsilon value"), **_betas(beta1, beta2),
+                maximize=v.flag("maximize", maximize))
+
+
+def sparse_adagrad(*, step, lr, lr_decay, eps, maximize):
+    return dict(step=v.step(step), lr=v.nonneg("lr", lr, "learning rate"),
+                eps=v.nonneg("eps", eps, "epsilon value"),
+                lr_decay=v.nonneg("lr_decay", lr_decay, "lr_decay value"),
+                maximize=v.flag("maximize", maximize))
+
+
+def sparse_sgd(*, lr, maximize):
+    return dict(lr=v.nonneg("lr", lr, "learning rate"), maximize=v.flag("maximize", maximize))
+
+
+def rowwise_adagrad(*, lr, eps, weight_decay, maximize):
+    return _common(lr, eps, weight_decay, maximize)

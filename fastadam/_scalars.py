@@ -34,6 +34,17 @@ KERNEL_STATES = {
 }
 
 
+#: The state arrays of each row-sparse kernel (:mod:`fastadam.kernels.cpu_sparse`), in
+#: argument order after the table; ``rowwise_adagrad``'s ``sum`` holds one value per row.
+SPARSE_KERNEL_STATES = {
+    "sparse_adam": ("exp_avg", "exp_avg_sq"),
+    "sparse_adagrad": ("sum",),
+    "sparse_sgd": (),
+    "rowwise_adagrad": ("sum",),
+    "lazy_adam": ("exp_avg", "exp_avg_sq"),
+    "lazy_adam_amsgrad": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+}
+
 class PythonFloats:
     """Stands in for a dtype here so the scalars stay Python floats.
 
@@ -166,3 +177,38 @@ def kernel_scalars(kernel, hp, dtype, gscale=1.0, clip=math.inf, index_base=0, s
         return (u(sm), u(sv), c(gscale), c(clip)) + scal
     return (u(sm), u(sv), u(param_seed(hp["step"], index_base)), bool(sr), c(gscale),
             c(clip)) + scal
+
+
+# -- row-sparse steps (rules/sparse.py; lazy Adam is rules/adam.py on the touched rows) --
+
+def sparse_adam(dtype, *, step, lr, beta1, beta2, eps, maximize):
+    """torch.optim.SparseAdam: the bias correction of ``v`` is in the step size."""
+    c = dtype.type
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+    return "sparse_adam", (c(-1.0 if maximize else 1.0), c(1.0 - beta1), c(1.0 - beta2),
+                           c(-step_size), c(eps))
+
+
+def sparse_adagrad(dtype, *, step, lr, lr_decay, eps, maximize):
+    c = dtype.type
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    return "sparse_adagrad", (c(-1.0 if maximize else 1.0), c(-clr), c(eps))
+
+
+def sparse_sgd(dtype, *, lr, maximize):
+    c = dtype.type
+    return "sparse_sgd", (c(-1.0 if maximize else 1.0), c(-lr))
+
+
+def rowwise_adagrad(dtype, *, lr, eps, weight_decay, maximize, dim):
+    """Row-wise Adagrad; ``dim``, the row length, divides the row's sum of squares."""
+    c = dtype.type
+    return "rowwise_adagrad", _common(c, maximize, weight_decay) + (c(-lr), c(eps), c(dim))
+
+
+def lazy_adam(dtype, **hp):
+    """Adam's scalars (:func:`adam`), for its kernels over the touched rows."""
+    name, scal = adam(dtype, **hp)
+    return "lazy_" + name, scal

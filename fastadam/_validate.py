@@ -33,6 +33,14 @@ def nonneg(name: str, value, label: str | None = None) -> float:
     return v
 
 
+def positive(name: str, value, label: str | None = None) -> float:
+    """A value > 0 (torch.optim.SparseAdam's learning rate and epsilon)."""
+    v = real(name, value)
+    if not 0.0 < v:
+        raise ValueError(f"Invalid {label or name}: {value}")
+    return v
+
+
 def unit(name: str, value, label: str | None = None) -> float:
     """A value in [0, 1) such as a beta, alpha or rho."""
     v = real(name, value)
@@ -123,3 +131,61 @@ def in_place_views(named: dict, outputs) -> dict:
                 raise ValueError(f"{n1} and {n2} overlap in memory; each buffer of a step "
                                  "must be distinct")
     return {name: a.reshape(-1) for name, a in items}
+
+
+def sparse_arrays(tables: dict, indices, values, row_states=()):
+    """Check the arrays of a row-sparse step; return ``(tables, indices, values)``.
+
+    ``tables`` maps names to the arrays written in place, the parameter table
+    first: a 2-D ``(rows, dim)`` float32/float64 array, C-contiguous and writeable;
+    every other table has its shape and dtype, except those named in
+    ``row_states``, which hold one value per row (shape ``(rows,)``).  ``indices``:
+    a 1-D integer array of rows in ``[0, rows)`` (IndexError otherwise; float or
+    bool indices: TypeError); ``values``: ``(len(indices), dim)`` of the table's
+    dtype.  No table may overlap another array of the call.  The returned indices
+    are int32 or int64 and C-contiguous, the values C-contiguous (copies only when
+    the given ones are not).
+    """
+    items = list(tables.items())
+    first_name, first = items[0]
+    for name, a in items + [("indices", indices), ("values", values)]:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    dtype = first.dtype
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{first_name} must have dtype float32 or float64, got {dtype}")
+    if first.ndim != 2:
+        raise ValueError(f"{first_name} must be a 2-D table (rows, dim), got shape "
+                         f"{first.shape}")
+    rows, dim = first.shape
+    for name, a in items[1:]:
+        if a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype}, but {first_name} has {dtype}; "
+                            "all arrays of a step must share one dtype")
+        want = (rows,) if name in row_states else first.shape
+        if a.shape != want:
+            raise ValueError(f"{name} has shape {a.shape}; expected {want} for a "
+                             f"{first_name} of shape {first.shape}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer array, got dtype {indices.dtype}")
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {indices.shape}")
+    if values.dtype != dtype:
+        raise TypeError(f"values has dtype {values.dtype}, but {first_name} has {dtype}")
+    if values.shape != (indices.shape[0], dim):
+        raise ValueError(f"values has shape {values.shape}; expected "
+                         f"{(indices.shape[0], dim)} (one row of {first_name} per index)")
+    if indices.size:
+        lo, hi = indices.min(), indices.max()
+        if lo < 0 or hi >= rows:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"indices: row {int(bad)} is out of range for {first_name} "
+                             f"with {rows} rows")
+    if indices.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        indices = indices.astype(np.int64)
+    indices = np.ascontiguousarray(indices)
+    values = np.ascontiguousarray(values)
+    named = dict(tables)
+    named.update(indices=indices, values=values)
+    in_place_views(named, tuple(tables))
+    return tables, indices, values

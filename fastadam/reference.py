@@ -132,3 +132,86 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr, beta1, beta2, eps, weigh
     np.maximum(exp_inf * beta2, np.abs(grad) + eps, out=exp_inf)
     clr = lr / (1 - beta1 ** step)
     param -= clr * (exp_avg / exp_inf)
+
+
+# -- row-sparse steps ---------------------------------------------------------------
+# ``param`` and the state are 2-D tables (rows, dim); ``indices`` the looked-up rows
+# (duplicates allowed), ``values`` one gradient row per lookup.  Only the distinct rows
+# looked up are read and written.
+
+def coalesce(indices, values):
+    """The distinct rows (sorted) and their gradient rows, summed in lookup order."""
+    rows, where = np.unique(indices, return_inverse=True)
+    grad = np.zeros((rows.size, values.shape[1]), dtype=values.dtype)
+    np.add.at(grad, where.reshape(-1), values)        # one lookup after another
+    return rows, grad
+
+
+def sparse_adam_(param, indices, values, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2,
+                 eps, maximize):
+    """torch.optim.SparseAdam (``torch/optim/_functional.py: sparse_adam``)."""
+    rows, grad = coalesce(indices, values)
+    if maximize:
+        grad = -grad
+    if rows.size == 0:
+        return
+    m = exp_avg[rows]
+    v = exp_avg_sq[rows]
+    m += (grad - m) * (1 - beta1)
+    v += (grad * grad - v) * (1 - beta2)
+    exp_avg[rows] = m
+    exp_avg_sq[rows] = v
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+    param[rows] += -step_size * (m / (np.sqrt(v) + eps))
+
+
+def sparse_adagrad_(param, indices, values, state_sum, *, step, lr, lr_decay, eps, maximize):
+    """torch.optim.Adagrad's sparse path (``_single_tensor_adagrad``, ``grad.is_sparse``)."""
+    rows, grad = coalesce(indices, values)
+    if maximize:
+        grad = -grad
+    if rows.size == 0:
+        return
+    clr = lr / (1 + (step - 1) * lr_decay)
+    s = state_sum[rows] + grad * grad
+    state_sum[rows] = s
+    param[rows] += -clr * (grad / (np.sqrt(s) + eps))
+
+
+def sparse_sgd_(param, indices, values, *, lr, maximize):
+    """torch.optim.SGD with a sparse gradient, no momentum, no weight decay."""
+    rows, grad = coalesce(indices, values)
+    if maximize:
+        grad = -grad
+    if rows.size:
+        param[rows] += -lr * grad
+
+
+def rowwise_adagrad_(param, indices, values, state, *, lr, eps, weight_decay, maximize):
+    """Row-wise Adagrad (FBGEMM's EXACT_ROWWISE_ADAGRAD): ``state`` holds one value per
+    row, the running sum of the row's mean squared gradient."""
+    rows, grad = coalesce(indices, values)
+    if maximize:
+        grad = -grad
+    if rows.size == 0 or param.shape[1] == 0:
+        return
+    if weight_decay != 0:
+        grad = grad + weight_decay * param[rows]
+    s = state[rows] + (grad * grad).sum(axis=1) / param.shape[1]
+    state[rows] = s
+    param[rows] -= (lr / (np.sqrt(s) + eps))[:, None] * grad
+
+
+def lazy_adam_(param, indices, values, exp_avg, exp_avg_sq, max_exp_avg_sq, **hp):
+    """Adam (:func:`adam_`, every option) on the looked-up rows only ("lazy" Adam)."""
+    rows, grad = coalesce(indices, values)
+    if rows.size == 0:
+        return
+    p, m, v = param[rows], exp_avg[rows], exp_avg_sq[rows]
+    vmax = None if max_exp_avg_sq is None else max_exp_avg_sq[rows]
+    adam_(p, grad, m, v, vmax, **hp)
+    param[rows], exp_avg[rows], exp_avg_sq[rows] = p, m, v
+    if vmax is not None:
+        max_exp_avg_sq[rows] = vmax

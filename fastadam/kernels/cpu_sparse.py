@@ -1,0 +1,345 @@
+"""numba CPU kernels for row-sparse (embedding) steps.
+
+A row-sparse step gets a table ``p`` of shape ``(rows, dim)`` (and state arrays of
+the same layout, or one value per row), the row ``indices`` a batch looked up
+(1-D, int32 or int64, duplicates allowed, any order) and one gradient row per
+lookup, ``values`` ``(len(indices), dim)``.  Each kernel call:
+
+1. **coalesces** the lookups (:func:`coalesce`): a stable LSD radix argsort of the
+   indices (two passes of <= 11 bits for a million rows) and the segments of equal
+   rows, so that the gradient rows of each distinct row are found together *in
+   the order of the lookups*;
+2. splits the distinct rows into work items of about equal cost (lookups plus
+   row updates: a hot Zipf row with a thousand lookups is not one thread's
+   burden while the other idles);
+3. runs the work items in parallel (``prange``), each distinct row once: its
+   gradient is the sum of its lookups' rows, added in lookup order into a
+   scratch row of the work item (a row looked up once is read where it is),
+   then the rule of :mod:`fastadam.rules.sparse` (or :func:`fastadam.rules.adam.adam`
+   for lazy Adam) updates that row of the table and of its state in one pass,
+   after issuing prefetch hints for the rows :data:`AHEAD` distinct rows ahead.
+
+Every distinct row is summed and updated by one thread in a fixed order, so the
+result does not depend on the thread count or the schedule.  Only the looked-up
+rows of the table and state are read or written; what is allocated per call
+(the sort order, the segments, the scratch rows) is proportional to the number
+of lookups, never to the table.
+
+The callers (:func:`fastadam.functional.sparse_adam_` and friends, the
+fastadam.torch optimizers) check everything first: indices in ``[0, rows)``,
+shapes, dtypes, contiguity, overlap.  Nothing is checked here.
+
+Both variants (``parallel=True`` and serial, chosen by ``lookups * dim`` against
+:data:`fastadam._config.PARALLEL_THRESHOLD`) are compiled lazily and cached on disk,
+keyed by a hash of the rule sources and compile flags (numba itself only
+watches this file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import numba
+import numpy as np
+from numba import prange
+
+from .._config import FASTMATH, PARALLEL_THRESHOLD
+from . import _blocked
+from ._variants import NJIT_OPTIONS, KernelVariants
+from ..rules import adam as _adam_r
+from ..rules import sparse as _sparse_r
+
+#: Distinct rows ahead of the current one whose table and state rows get prefetch
+#: hints (random rows of a big table miss every cache level and the TLB).
+AHEAD = 4
+#: Work items per thread in the parallel variant (balanced by cost, see ``coalesce``).
+ITEMS_PER_THREAD = 4
+#: Relative cost of updating a distinct row against reading one lookup's gradient row
+#: (used only to balance the work items; no effect on results).
+ROW_COST = 3
+#: Radix digit width of the index sort, in bits (at most; the passes share the bits).
+RADIX_BITS = 11
+
+
+def _inline(f):
+    return numba.njit(inline="always", fastmath=FASTMATH, cache=False)(f)
+
+
+r_sparse_adam = _inline(_sparse_r.sparse_adam)
+r_sparse_adagrad = _inline(_sparse_r.sparse_adagrad)
+r_sparse_sgd = _inline(_sparse_r.sparse_sgd)
+r_rowwise_grad = _inline(_sparse_r.rowwise_grad)
+r_rowwise_state = _inline(_sparse_r.rowwise_adagrad_state)
+r_rowwise_scale = _inline(_sparse_r.rowwise_adagrad_scale)
+r_rowwise_adagrad = _inline(_sparse_r.rowwise_adagrad)
+r_adam = _inline(_adam_r.adam)
+r_adam_amsgrad = _inline(_adam_r.adam_amsgrad)
+
+prefetch_row = _blocked.prefetch_ahead
+
+
+# --- coalescing ----------------------------------------------------------------------
+
+@numba.njit(cache=True, **NJIT_OPTIONS)
+def argsort_rows(idx, nrows):
+    """A stable argsort of ``idx`` (values in ``[0, nrows)``): LSD radix sort.
+
+    Stable, so the lookups of one row keep their order (the order their gradient
+    rows are summed in).  Small inputs use an insertion sort.
+    """
+    n = idx.shape[0]
+    order = np.arange(n)
+    if n < 2:
+        return order
+    if n <= 32:
+        for i in range(1, n):
+            o = order[i]
+            key = idx[o]
+            k = i - 1
+            while k >= 0 and idx[order[k]] > key:
+                order[k + 1] = order[k]
+                k -= 1
+            order[k + 1] = o
+        return order
+    bits = 1
+    while (1 << bits) < nrows:
+        bits += 1
+    passes = (bits + RADIX_BITS - 1) // RADIX_BITS
+    width = (bits + passes - 1) // passes
+    mask = (1 << width) - 1
+    count = np.empty((1 << width) + 1, np.int64)
+    tmp = np.empty(n, np.int64)
+    shift = 0
+    for _ in range(passes):
+        count[:] = 0
+        for i in range(n):
+            count[((idx[order[i]] >> shift) & mask) + 1] += 1
+        for d in range(1, count.shape[0]):
+            count[d] += count[d - 1]
+        for i in range(n):
+            o = order[i]
+            d = (idx[o] >> shift) & mask
+            tmp[count[d]] = o
+            count[d] += 1
+        order, tmp = tmp, order
+        shift += width
+    return order
+
+
+@numba.njit(cache=True, **NJIT_OPTIONS)
+def coalesce(idx, nrows, nitems):
+    """``(order, starts, bounds)`` of a row-sparse call.
+
+    ``order``: the lookups sorted by row, stably; ``starts``: the segments of equal
+    rows (segment ``s`` is ``order[starts[s]:starts[s+1]]``); ``bounds``: the work
+    items (item ``c`` is segments ``bounds[c]:bounds[c+1]``), at most ``nitems`` of
+    them, split so that each holds about the same number of lookups plus
+    ``ROW_COST`` per segment.
+    """
+    n = idx.shape[0]
+    order = argsort_rows(idx, nrows)
+    starts = np.empty(n + 1, np.int64)
+    nseg = 0
+    for i in range(n):
+        if i == 0 or idx[order[i]] != idx[order[i - 1]]:
+            starts[nseg] = i
+            nseg += 1
+    starts[nseg] = n
+    starts = starts[:nseg + 1]
+    items = max(1, min(nitems, nseg))
+    bounds = np.empty(items + 1, np.int64)
+    bounds[0] = 0
+    total = n + ROW_COST * nseg
+    s = 0
+    for c in range(1, items):
+        target = total * c // items
+        while s < nseg and starts[s] + ROW_COST * s < target:
+            s += 1
+        bounds[c] = s
+    bounds[items] = nseg
+    return order, starts, bounds
+
+
+@numba.njit(inline="always", cache=False)
+def grad_row(vals, order, a, z, buf):
+    """The summed gradient of segment ``order[a:z]`` (lookups of one row), in lookup
+    order: the lookup's own row when it is alone, else the sum in ``buf``."""
+    q = order[a]
+    if z - a == 1:
+        return vals[q]
+    for j in range(buf.shape[0]):
+        buf[j] = vals[q, j]
+    for k in range(a + 1, z):
+        q = order[k]
+        for j in range(buf.shape[0]):
+            buf[j] += vals[q, j]
+    return buf
+
+
+@numba.njit(inline="always", cache=False)
+def prefetch_rows(t, idx, order, starts, s, nseg):
+    """Prefetch hints for the row of ``t`` that segment ``s + AHEAD`` updates."""
+    s2 = s + AHEAD
+    if s2 < nseg:
+        r = idx[order[starts[s2]]]
+        prefetch_row(t[r], 0, t.shape[1])
+
+
+# --- the kernels ---------------------------------------------------------------------
+# Each: the table and state arrays (2-D, C-contiguous, or 1-D for row-wise state), then
+# idx, vals, the number of work items, then the rule's scalars.  Written out per kernel:
+# they differ in the arrays they touch and the rule they call.
+
+def sparse_adam(p, m, v, idx, vals, nitems, s0, s1, s2, s3, s4):
+    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
+    nseg = starts.shape[0] - 1
+    scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
+    for c in prange(bounds.shape[0] - 1):
+        buf = scratch[c]
+        for s in range(bounds[c], bounds[c + 1]):
+            prefetch_rows(p, idx, order, starts, s, nseg)
+            prefetch_rows(m, idx, order, starts, s, nseg)
+            prefetch_rows(v, idx, order, starts, s, nseg)
+            a, z = starts[s], starts[s + 1]
+            r = idx[order[a]]
+            g = grad_row(vals, order, a, z, buf)
+            pr, mr, vr = p[r], m[r], v[r]
+            for j in range(g.shape[0]):
+                pr[j], mr[j], vr[j] = r_sparse_adam(pr[j], g[j], mr[j], vr[j], s0, s1, s2,
+                                                    s3, s4)
+
+
+def sparse_adagrad(p, sm, idx, vals, nitems, s0, s1, s2):
+    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
+    nseg = starts.shape[0] - 1
+    scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
+    for c in prange(bounds.shape[0] - 1):
+        buf = scratch[c]
+        for s in range(bounds[c], bounds[c + 1]):
+            prefetch_rows(p, idx, order, starts, s, nseg)
+            prefetch_rows(sm, idx, order, starts, s, nseg)
+            a, z = starts[s], starts[s + 1]
+            r = idx[order[a]]
+            g = grad_row(vals, order, a, z, buf)
+            pr, sr = p[r], sm[r]
+            for j in range(g.shape[0]):
+                pr[j], sr[j] = r_sparse_adagrad(pr[j], g[j], sr[j], s0, s1, s2)
+
+
+def sparse_sgd(p, idx, vals, nitems, s0, s1):
+    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
+    nseg = starts.shape[0] - 1
+    scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
+    for c in prange(bounds.shape[0] - 1):
+        buf = scratch[c]
+        for s in range(bounds[c], bounds[c + 1]):
+            prefetch_rows(p, idx, order, starts, s, nseg)
+            a, z = starts[s], starts[s + 1]
+            r = idx[order[a]]
+            g = grad_row(vals, order, a, z, buf)
+            pr = p[r]
+            for j in range(g.shape[0]):
+                pr[j] = r_sparse_sgd(pr[j], g[j], s0, s1)
+
+
+def rowwise_adagrad(p, st, idx, vals, nitems, s0, s1, s2, s3, s4):
+    """``st``: 1-D, one value per row; scalars ``gsign, l2, neg_lr, eps, dim``."""
+    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
+    nseg = starts.shape[0] - 1
+    scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
+    for c in prange(bounds.shape[0] - 1):
+        buf = scratch[c]
+        for s in range(bounds[c], bounds[c + 1]):
+            prefetch_rows(p, idx, order, starts, s, nseg)
+            a, z = starts[s], starts[s + 1]
+            r = idx[order[a]]
+            g = grad_row(vals, order, a, z, buf)
+            pr = p[r]
+            sumsq = s4 - s4                # 0 in the state's dtype (dim is finite)
+            for j in range(g.shape[0]):
+                x = r_rowwise_grad(pr[j], g[j], s0, s1)
+                sumsq += x * x
+            sr = r_rowwise_state(st[r], sumsq, s4)
+            st[r] = sr
+            scale = r_rowwise_scale(sr, s2, s3)
+            for j in range(g.shape[0]):
+                pr[j] = r_rowwise_adagrad(pr[j], r_rowwise_grad(pr[j], g[j], s0, s1), scale)
+
+
+def lazy_adam(p, m, v, idx, vals, nitems, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
+    nseg = starts.shape[0] - 1
+    scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
+    for c in prange(bounds.shape[0] - 1):
+        buf = scratch[c]
+        for s in range(bounds[c], bounds[c + 1]):
+            prefetch_rows(p, idx, order, starts, s, nseg)
+            prefetch_rows(m, idx, order, starts, s, nseg)
+            prefetch_rows(v, idx, order, starts, s, nseg)
+            a, z = starts[s], starts[s + 1]
+            r = idx[order[a]]
+            g = grad_row(vals, order, a, z, buf)
+            pr, mr, vr = p[r], m[r], v[r]
+            for j in range(g.shape[0]):
+                pr[j], mr[j], vr[j] = r_adam(pr[j], g[j], mr[j], vr[j], s0, s1, s2, s3, s4,
+                                             s5, s6, s7, s8)
+
+
+def lazy_adam_amsgrad(p, m, v, vmax, idx, vals, nitems, s0, s1, s2, s3, s4, s5, s6, s7,
+                      s8):
+    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
+    nseg = starts.shape[0] - 1
+    scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
+    for c in prange(bounds.shape[0] - 1):
+        buf = scratch[c]
+        for s in range(bounds[c], bounds[c + 1]):
+            prefetch_rows(p, idx, order, starts, s, nseg)
+            prefetch_rows(m, idx, order, starts, s, nseg)
+            prefetch_rows(v, idx, order, starts, s, nseg)
+            prefetch_rows(vmax, idx, order, starts, s, nseg)
+            a, z = starts[s], starts[s + 1]
+            r = idx[order[a]]
+            g = grad_row(vals, order, a, z, buf)
+            pr, mr, vr, xr = p[r], m[r], v[r], vmax[r]
+            for j in range(g.shape[0]):
+                pr[j], mr[j], vr[j], xr[j] = r_adam_amsgrad(
+                    pr[j], g[j], mr[j], vr[j], xr[j], s0, s1, s2, s3, s4, s5, s6, s7, s8)
+
+
+KERNEL_NAMES = ("sparse_adam", "sparse_adagrad", "sparse_sgd", "rowwise_adagrad",
+                "lazy_adam", "lazy_adam_amsgrad")
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256(repr(sorted(FASTMATH)).encode())
+    h.update(f"{AHEAD}/{ITEMS_PER_THREAD}/{ROW_COST}/{RADIX_BITS}".encode())
+    for mod in (_sparse_r, _adam_r):
+        h.update(pathlib.Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:12] + _blocked.HASH
+
+
+# Cache entries are keyed by the rules' sources, the prefetch helper's and the compile
+# flags, which numba's own cache check (this file's timestamp) does not see.
+_variants = KernelVariants(globals(), _source_hash(), FASTMATH, names=KERNEL_NAMES)
+get = _variants.get
+
+
+def work_items(parallel: bool) -> int:
+    """Work items of a call: :data:`ITEMS_PER_THREAD` per thread in parallel, else 1."""
+    return ITEMS_PER_THREAD * numba.get_num_threads() if parallel else 1
+
+
+def run(name: str, tables, indices, values, scalars) -> None:
+    """Run row-sparse kernel ``name``.
+
+    ``tables``: the table and its state arrays (2-D ``(rows, dim)``; row-wise state
+    1-D), ``indices`` 1-D int32/int64 in ``[0, rows)``, ``values`` 2-D C-contiguous
+    ``(len(indices), dim)``; ``scalars`` of the table's dtype.  All checked by the
+    caller.
+    """
+    n = indices.shape[0]
+    if n == 0 or values.shape[1] == 0:
+        return
+    par = n * values.shape[1] >= PARALLEL_THRESHOLD
+    get(name, par)(*tables, indices, values, work_items(par), *scalars)
