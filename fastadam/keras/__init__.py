@@ -72,6 +72,7 @@ numba backend is asked for (``backend="numba"`` when the optimizer is made,
 ``"auto"`` at its first step).
 """
 
+from . import _bridge
 from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
@@ -82,4 +83,27 @@ from .rmsprop import RMSprop
 from .sgd import SGD
 
 __all__ = ["Optimizer", "Adam", "AdamW", "RMSprop", "Adagrad", "SGD", "Adadelta", "Nadam",
-           "Adamax"]
+           "Adamax", "custom_objects"]
+
+_CLASSES = (Adam, AdamW, RMSprop, Adagrad, SGD, Adadelta, Nadam, Adamax)
+
+
+def custom_objects() -> dict:
+    """The Keras-side classes by their registered names (``"fastadam>Adam"``, ...).
+
+    They are registered with Keras already when :mod:`fastadam.keras` is imported
+    after Keras, or once an optimizer is made; pass this to
+    ``keras.models.load_model(path, custom_objects=fastadam.keras.custom_objects())``
+    to load a model saved with a fastadam.keras optimizer in a process that
+    imported fastadam.keras before Keras.  Imports Keras.
+
+    Returns
+    -------
+    dict
+        ``{"fastadam>Adam": <class Adam>, ...}`` for the eight optimizers.
+    """
+    import keras  # noqa: F401  (the user asks for Keras objects)
+    return {f"fastadam>{c.__name__}": _bridge.class_for(c) for c in _CLASSES}
+
+
+_bridge.register_if_loaded(_CLASSES)

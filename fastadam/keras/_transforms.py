@@ -9,7 +9,7 @@ Two mixins of :class:`fastadam.keras.base.Optimizer`:
   (``clipnorm``, ``global_clipnorm``, ``clipvalue``), as gradient multipliers
   per (gradient, variable) pair and an element-wise clip into a scratch buffer.
 
-Both read the optimizer's ``_iterations`` (steps done so far) and write its
+Both read the optimizer's ``_steps`` (steps done so far) and write its
 ``_call_cache`` (dropped when a transform changes), which the base class owns.
 """
 
@@ -118,16 +118,16 @@ class LearningRateMixin:
     def _scheduled_lr(self) -> float:
         lr = self._lr
         if callable(lr):
-            lr = lr(self._iterations) if self._lr_takes_step else lr()
+            lr = lr(self._steps) if self._lr_takes_step else lr()
             return lr_value(lr, f"learning_rate (the schedule's value at iteration "
-                                f"{self._iterations})")
+                                f"{self._steps})")
         return lr
 
     def _current_lr(self) -> float:
         """The learning rate of the next step: the schedule's value, then legacy ``decay``."""
         lr = self._scheduled_lr()
         if self.decay:
-            lr = lr / (1.0 + self.decay * self._iterations)
+            lr = lr / (1.0 + self.decay * self._steps)
         return lr
 
 

@@ -53,6 +53,9 @@ class Adam(Optimizer):
         s = [("momentum", 0.0), ("velocity", 0.0)]
         return s + ([("velocity_hat", 0.0)] if self.amsgrad else [])
 
+    def _keras_state_groups(self):
+        return [("momentum", "velocity")] + ([("velocity_hat",)] if self.amsgrad else [])
+
     def _alpha(self, st):
         return st.lr * math.sqrt(1.0 - self.beta_2 ** st.t) / (1.0 - self.beta_1 ** st.t)
 

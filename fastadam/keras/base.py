@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _backends
 from .. import _validate as _v
+from . import _bridge
 from ._checks import check_pairs, check_variables, extent, optional_nonneg, owner
 from ._transforms import GradientTransformMixin, LearningRateMixin
 
@@ -67,6 +68,16 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
         The learning rate of the next step, before the legacy ``decay``.
     """
 
+    def __new__(cls, *args, **kwargs):
+        # With Keras imported, an optimizer is made as its Keras-side twin (a subclass
+        # of ``cls`` and of ``keras.optimizers.Optimizer``, see fastadam.keras._in_keras),
+        # so that ``model.compile(optimizer=...)`` accepts it; NumPy arrays still work.
+        return object.__new__(_bridge.class_for(cls))
+
+    def __reduce_ex__(self, protocol):
+        # copy / pickle rebuild the same class (not a twin chosen by __new__)
+        return _bridge.bare_instance, (type(self),), self.__dict__.copy()
+
     def __init__(self, learning_rate, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
                  ema_overwrite_frequency=None, loss_scale_factor=None,
@@ -79,13 +90,14 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
             raise ValueError("use_ema is not supported by fastadam.keras (must be False)")
         if ema_overwrite_frequency is not None:
             raise ValueError("ema_overwrite_frequency is not supported by fastadam.keras")
-        _v.real("ema_momentum", ema_momentum)
+        self.ema_momentum = _v.real("ema_momentum", ema_momentum)
         if gradient_accumulation_steps is not None:
             raise ValueError("gradient_accumulation_steps is not supported by fastadam.keras")
         self._set_loss_scale(loss_scale_factor)
         self._set_decay(decay)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+        self._name_arg = name           # (a Keras-side optimizer lets Keras name itself)
         self.name = name or type(self).__name__.lower()
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; fastadam.keras supports "
@@ -94,7 +106,7 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
             _backends.get_backend("numba")  # raises BackendUnavailableError saying why
         self.backend = backend
         self._be = None
-        self._iterations = 0
+        self._steps = 0
         self._slots: dict = {}
         self._flat: dict = {}
         self._built_vars = None
@@ -102,7 +114,7 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
 
     @property
     def iterations(self) -> int:
-        return self._iterations
+        return self._steps
 
     # -- backend ---------------------------------------------------------------------
     def _backend(self):
@@ -120,8 +132,18 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
         return self._be
 
     # -- state -----------------------------------------------------------------------
+    #: float attributes that are state too (Nadam's ``u_product``); Keras variables on
+    #: the Keras side, saved with the rest
+    _scalar_state = ()
+
     def _state_specs(self):
         raise NotImplementedError
+
+    def _keras_state_groups(self):
+        """The state names in the order Keras makes its optimizer variables: a list
+        of groups, each made for every variable in turn, interleaved as Keras does."""
+        names = tuple(n for n, _ in self._state_specs())
+        return [names] if names else []
 
     def _new_slot(self, v):
         root = owner(v)
@@ -189,7 +211,7 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
         grads = [p[0] for p in pairs]
         variables = [p[1] for p in pairs]
         self.apply(grads, variables)
-        return self._iterations
+        return self._steps
 
     def apply(self, grads, trainable_variables=None):
         """Apply one step to ``trainable_variables`` (default: those given to :meth:`build`)."""
@@ -233,11 +255,11 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
                 run, kname, names, scal = self._plan(p.dtype, gscale, st)
                 run(kname, (p, g) + tuple(arrays[n] for n in names), scal)
         self._finish_step(st)
-        self._iterations += 1
+        self._steps += 1
 
     def _prepare_step(self, lr):
         decay = 1.0 - self.weight_decay * lr if self.weight_decay is not None else 1.0
-        return _Step(self._iterations + 1, lr, decay)
+        return _Step(self._steps + 1, lr, decay)
 
     def _finish_step(self, st):
         pass

@@ -45,6 +45,8 @@ class Nadam(Optimizer):
                          use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor,
                          gradient_accumulation_steps, name, decay=decay, backend=backend)
 
+    _scalar_state = ("u_product",)
+
     def _state_specs(self):
         return [("momentum", 0.0), ("velocity", 0.0)]
 

@@ -53,6 +53,10 @@ class RMSprop(Optimizer):
             s.append(("momentum", 0.0))
         return s
 
+    def _keras_state_groups(self):
+        return [("velocity",)] + ([("momentum",)] if self.momentum > 0 else []) + (
+            [("average_gradient",)] if self.centered else [])
+
     def _plan(self, dtype, gscale, st):
         c = dtype.type
         scal = (c(gscale), c(st.decay), c(self.rho), c(1.0 - self.rho), c(st.lr),

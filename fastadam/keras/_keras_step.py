@@ -1,0 +1,118 @@
+"""One step on Keras variables: :class:`KerasStepMixin`, a part of the Keras-side twins.
+
+Keras' ``apply`` protocol, with fastadam's update in place of Keras' ops:
+
+1. build on first use, refuse variables the optimizer was not built with, drop
+   ``None`` gradients (with Keras' warning);
+2. check every (gradient, variable) pair and take the arrays the kernels run
+   on (:mod:`fastadam.keras._torch_views`: NumPy views of the torch storage),
+   and the learning rate (a schedule's value is checked) -- nothing written yet;
+3. overwrite the variables marked ``overwrite_with_gradient`` (Keras' float8
+   bookkeeping), then run the fastadam class's kernels (``_plan``) over the
+   arrays: ``1 / loss_scale_factor`` and the norm clip are a gradient factor,
+   ``weight_decay`` the decay factor of the same pass (1 for the variables
+   excluded by ``exclude_from_weight_decay``), ``clipvalue`` a clipped copy;
+4. apply the variables' constraints and count the step (``iterations``).
+
+Imports neither Keras nor torch: it works through the optimizer's methods.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from ._transforms import lr_value
+
+
+class KerasStepMixin:
+    """``_keras_apply``: one step on Keras variables (see the module docstring)."""
+
+    def _keras_apply(self, grads, variables):
+        self._require_torch()
+        grads = list(grads)
+        if not grads:
+            return
+        if variables is None:
+            if not self.built:
+                raise ValueError("When passing `grads` without `variables`, the optimizer "
+                                 "must already be built on a list of variables. Call "
+                                 "`optimizer.build(trainable_variables)` first.")
+            variables = self._trainable_variables
+        else:
+            if not self.built:
+                self._keras_build(variables)
+            self._check_variables_are_known(variables)
+        if len(grads) != len(variables):
+            raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
+        pairs, overwrite, missing = [], [], []
+        for i, (g, v) in enumerate(zip(grads, variables)):
+            if g is None:
+                missing.append(v.path)
+            elif getattr(v, "overwrite_with_gradient", False):
+                overwrite.append((g, v))
+            else:
+                pairs.append((i, g, v))
+        if not pairs and not overwrite:
+            raise ValueError("No gradients provided for any variable.")
+        if missing:
+            warnings.warn(f"Gradients do not exist for variables {missing} when minimizing "
+                          "the loss. If using `model.compile()`, did you forget to provide "
+                          "a `loss` argument?", stacklevel=3)
+        from . import _torch_views
+        chunks = _torch_views.chunks(self, pairs)    # checks every pair; writes nothing
+        lr = self._keras_lr()
+        for g, v in overwrite:
+            v.assign(g)
+        if chunks:
+            self._keras_update(chunks, lr)
+        for _, _, v in pairs:
+            if v.constraint is not None:
+                v.assign(v.constraint(v))
+        self._iterations.assign_add(1)
+
+    def _keras_lr(self) -> float:
+        """The learning rate of this step, as Keras reads it, then the legacy ``decay``."""
+        lr = self._lr
+        if callable(lr):
+            if self._lr_takes_step:     # a LearningRateSchedule gets Keras' variable
+                value = lr(self._iterations if self._is_schedule(lr) else self._steps)
+            else:
+                value = lr()
+            value = lr_value(value, f"learning_rate (the schedule's value at iteration "
+                                    f"{self._steps})")
+        else:
+            value = float(self._learning_rate.value)   # Keras' variable (floatx)
+        if self.decay:
+            value = value / (1.0 + self.decay * self._steps)
+        return value
+
+    def _keras_update(self, chunks, lr):
+        """Run the kernels over ``chunks``: (pair indices, param, grad, state, decay on)."""
+        for n, var in self._kscalars.items():           # Nadam's u_product
+            setattr(self, n, float(var.value))
+        st = self._prepare_step(lr)
+        st_plain = None
+        gscales = self._grad_scales([(None, c[2], None) for c in chunks]) \
+            if (self.clipnorm or self.global_clipnorm or self.loss_scale_factor) \
+            else None
+        be = self._backend()
+        for k, (_, p, g, state, decay_on) in enumerate(chunks):
+            if p.size == 0:
+                continue
+            s = st
+            if not decay_on and st.decay != 1.0:
+                if st_plain is None:
+                    st_plain = self._prepare_step(lr)
+                    st_plain.decay, st_plain.extra = 1.0, st.extra
+                s = st_plain
+            gscale = gscales[k] if gscales is not None else 1.0
+            if self.clipvalue:
+                g = self._clip_values(g)
+            if be == "numpy":
+                self._numpy_update(p, g, state, gscale, s)
+            else:
+                run, kname, names, scal = self._plan(p.dtype, gscale, s)
+                run(kname, (p, g) + tuple(state[n] for n in names), scal)
+        self._finish_step(st)
+        for n, var in self._kscalars.items():
+            var.assign(getattr(self, n))
