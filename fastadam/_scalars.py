@@ -45,6 +45,13 @@ SPARSE_KERNEL_STATES = {
     "lazy_adam_amsgrad": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
 }
 
+def kernel_states(kname: str) -> tuple:
+    """The state arrays of kernel ``kname``, dense (:data:`KERNEL_STATES`) or row-sparse."""
+    if kname in KERNEL_STATES:
+        return KERNEL_STATES[kname]
+    return SPARSE_KERNEL_STATES[kname]
+
+
 class PythonFloats:
     """Stands in for a dtype here so the scalars stay Python floats.
 

@@ -83,6 +83,9 @@ Layout
 :mod:`.adagrad`        :class:`Adagrad`
 :mod:`.sgd`            :class:`SGD`
 :mod:`.adadelta`       :class:`Adadelta`
+:mod:`.sparse_adam`    :class:`SparseAdam` (sparse gradients only)
+:mod:`.rowwise`        :class:`RowWiseAdagrad` (one state value per row)
+:mod:`.sparse`         sparse (COO) gradients: checks, the row-sparse kernel call
 =====================  ===============================================================
 """
 
@@ -94,8 +97,10 @@ from .adamax import Adamax
 from .base import FlatOptimizer
 from .nadam import NAdam
 from .rmsprop import RMSprop
+from .rowwise import RowWiseAdagrad
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 from .step import _IN_PLACE_MIN  # noqa: F401  (read by the tests)
 
 __all__ = ["Adam", "AdamW", "RMSprop", "Adagrad", "SGD", "Adadelta", "NAdam", "Adamax",
-           "FlatOptimizer"]
+           "SparseAdam", "RowWiseAdagrad", "FlatOptimizer"]

@@ -39,9 +39,18 @@ class Adagrad(FlatOptimizer):
     Notes
     -----
     State (made at construction, as torch does): ``step``, ``sum``.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``) are taken as torch takes them,
+    with torch's sparse-path math: the duplicate rows of the gradient summed, then
+    for those rows only :math:`s \leftarrow s + g^2`,
+    :math:`\theta \leftarrow \theta - \tilde\gamma\, g/(\sqrt{s}+\epsilon)`: one
+    row-sparse kernel call on the parameter's rows of the flat buffers
+    (:func:`fastadam.functional.sparse_adagrad_`).  As torch, ``weight_decay`` (and
+    ``fused=True``) with a sparse gradient raise RuntimeError.
     """
 
     _opt = "adagrad"
+    _sparse = "accept"
     _hp_keys = ("lr", "lr_decay", "eps", "weight_decay", "maximize", "differentiable")
     _flag_keys = ("differentiable",)
     _needs_step = True
@@ -70,6 +79,17 @@ class Adagrad(FlatOptimizer):
 
     def _fill(self, name):
         return float(self.defaults["initial_accumulator_value"])
+
+    def _check_sparse_group(self, group, hp):
+        if group.get("fused"):
+            raise RuntimeError("`fused` does not support sparse grad or complex param")
+        if hp["weight_decay"] != 0:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        return False
+
+    def _sparse_step_hp(self, hp, t, sg):
+        return "sparse_adagrad", dict(step=t, lr=hp["lr"], lr_decay=hp["lr_decay"],
+                                      eps=hp["eps"], maximize=hp["maximize"])
 
 
 _fill_common_doc(Adagrad)

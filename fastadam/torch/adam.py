@@ -65,6 +65,16 @@ class Adam(FlatOptimizer):
     clip_value : float, optional
         Clamp each gradient element to ``[-clip_value, clip_value]`` (before the
         norm clipping), as ``clip_grad_value_``.  Keyword only; CPU only.
+    sparse_grads : {None, "lazy"}, default None
+        None: sparse gradients raise RuntimeError, as in torch.  ``"lazy"``: a
+        sparse gradient (``nn.Embedding(sparse=True)``) updates only the rows it
+        holds, with the rule above (Adam's :math:`\epsilon` placement, weight decay
+        and AMSGrad) on its summed duplicate rows; the moments of other rows do not
+        decay and their parameters do not move (TensorFlow's LazyAdam; torch needs
+        a ``SparseAdam`` beside the ``Adam`` for this, whose :math:`\epsilon` differs).
+        Dense gradients update as usual.  One row-sparse kernel call per sparse
+        parameter on its rows of the flat buffers
+        (:func:`fastadam.functional.lazy_adam_`); keyword only, float32 state.
     param_rounding : {"nearest", "stochastic"}, default "nearest"
         ``torch.float16`` / ``torch.bfloat16`` parameters (CPU, numba or numpy
         backend, state_dtype ``"float32"`` or ``"bfloat16"``, no amsgrad) are
@@ -107,7 +117,12 @@ class Adam(FlatOptimizer):
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
                  backend="auto", state_dtype="float32", max_grad_norm=None, clip_value=None,
-                 param_rounding="nearest"):
+                 param_rounding="nearest", sparse_grads=None):
+        if sparse_grads not in (None, "lazy"):
+            raise ValueError(f"Invalid sparse_grads: {sparse_grads!r}; expected None or 'lazy'")
+        if sparse_grads == "lazy" and state_dtype != "float32":
+            raise ValueError("sparse_grads='lazy' needs state_dtype='float32'")
+        self._sparse = "accept" if sparse_grads else None
         if isinstance(betas, (tuple, list)) and len(betas) == 2:
             betas = tuple(betas)
         from ..lowp import master as _master
@@ -123,6 +138,18 @@ class Adam(FlatOptimizer):
         super().__init__(params, defaults, backend, state_dtype)
         self.max_grad_norm = max_grad_norm
         self.clip_value = clip_value
+
+    @property
+    def sparse_grads(self):
+        """None (sparse gradients refused, as torch) or ``"lazy"``."""
+        return "lazy" if self._sparse else None
+
+    def _sparse_refusal(self):
+        return (f"{type(self).__name__} does not support sparse gradients, please consider "
+                "SparseAdam instead (or fastadam's sparse_grads='lazy')")
+
+    def _sparse_step_hp(self, hp, t, sg):
+        return "lazy_adam", dict(hp, step=t)
 
     @property
     def state_dtype(self) -> str:
@@ -195,21 +222,24 @@ class AdamW(Adam):
     weight_decay : float, default 1e-2
     amsgrad : bool, default False
     maximize : bool, default False
-    state_dtype, max_grad_norm, clip_value, param_rounding
-        As :class:`Adam` (keyword only).
+    state_dtype, max_grad_norm, clip_value, param_rounding, sparse_grads
+        As :class:`Adam` (keyword only); with ``sparse_grads="lazy"`` the decay
+        :math:`\theta(1-\gamma\lambda)` too applies to the rows present only.
     {common}
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, backend="auto", state_dtype="float32",
-                 max_grad_norm=None, clip_value=None, param_rounding="nearest"):
+                 max_grad_norm=None, clip_value=None, param_rounding="nearest",
+                 sparse_grads=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, backend=backend,
                          state_dtype=state_dtype, max_grad_norm=max_grad_norm,
-                         clip_value=clip_value, param_rounding=param_rounding)
+                         clip_value=clip_value, param_rounding=param_rounding,
+                         sparse_grads=sparse_grads)
 
     def _fix_loaded_group(self, group):
         group["decoupled_weight_decay"] = True   # as torch.optim.AdamW.__setstate__

@@ -33,6 +33,7 @@ from .. import lowp as _lowp
 from .buffers import _LOWP_PARAMS, _NP_DTYPES, _BufferMixin, _is_dtensor
 from .checkpoint import _CheckpointMixin
 from .hparams import _HparamsMixin
+from .sparse import _SparseMixin
 from .step import _StepMixin
 from .transformed import _TransformMixin
 
@@ -46,8 +47,8 @@ def _profiler_enabled() -> bool:
     return torch.autograd._profiler_enabled()
 
 
-class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _BufferMixin,
-                    _HparamsMixin, _TorchOptimizer):
+class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
+                    _BufferMixin, _HparamsMixin, _TorchOptimizer):
     """Base of the fastadam.torch optimizers: a ``torch.optim.Optimizer`` over flat buffers.
 
     Subclasses set ``_opt`` (the step's name in :mod:`fastadam._scalars`),

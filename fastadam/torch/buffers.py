@@ -78,7 +78,7 @@ class _Bucket:
     __slots__ = ("gi", "dtype", "np_dtype", "device", "cuda", "params", "offsets", "data",
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
-                 "backend", "run", "gnp", "sdt", "fmt", "base")
+                 "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -109,9 +109,9 @@ class _Bucket:
                 gv = self.grad[offs[i]:e].view(p.shape)
                 v.copy_(p.detach())
                 p.data = v
-                if p.grad is not None:
+                if p.grad is not None and p.grad.layout == torch.strided:
                     gv.copy_(p.grad)
-                    p.grad = gv
+                    p.grad = gv         # (a sparse gradient is left as it is)
                 self.views.append(v)
                 self.gviews.append(gv)
         self.ptrs = [_data_ptr(p) for p in params]
@@ -130,6 +130,7 @@ class _Bucket:
         self.all_started = False
         self.backend = backend
         self.run = getattr(backend, "run", None)
+        self.row_offsets = None
 
     def _host(self, t):
         if self.cuda:
@@ -163,12 +164,29 @@ class _Bucket:
         self.started = [False] * len(self.params)
         self.all_started = False
 
+    def ensure_row_state(self, name, fill):
+        """State ``name`` with one value per row (first dimension) of each parameter
+        (row-wise Adagrad): a flat tensor of the rows of all, ``row_offsets`` apart."""
+        if name in self.state:
+            return
+        ro = [0]
+        for p in self.params:
+            ro.append(ro[-1] + (p.shape[0] if p.dim() else 1))
+        self.row_offsets = ro
+        t = _flat_tensor(ro[-1], self.dtype, self.device, fill)
+        self.state[name] = t
+        self.sviews[name] = [t[ro[i]:ro[i + 1]] for i in range(len(self.params))]
+        self.host[name] = self._host(t)
+        self.arrays.clear()
+        self.started = [False] * len(self.params)
+        self.all_started = False
+
     def kernel_arrays(self, kname):
         a = self.arrays.get(kname)
         if a is None:
             h = self.host
             a = self.arrays[kname] = (h["param"], h["grad"]) + tuple(
-                h[s] for s in _scalars.KERNEL_STATES[kname])
+                h[s] for s in _scalars.kernel_states(kname))
         return a
 
 

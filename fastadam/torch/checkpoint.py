@@ -26,7 +26,8 @@ class _CheckpointMixin:
 
     def _state_names(self) -> tuple:
         names = []
-        for k, v in _scalars.KERNEL_STATES.items():
+        for k, v in list(_scalars.KERNEL_STATES.items()) + list(
+                _scalars.SPARSE_KERNEL_STATES.items()):
             if k == self._opt or k.startswith(self._opt + "_"):
                 names.extend(s for s in v if s not in names)
         if self._state_dtype == "int8":
@@ -106,8 +107,12 @@ class _CheckpointMixin:
                     if not isinstance(val, torch.Tensor):
                         raise TypeError(f"state {key!r} of parameter {k!r} must be a Tensor, "
                                         f"got {type(val).__name__}")
+                    if val.layout != torch.strided:   # torch SGD's sparse momentum buffer
+                        val = val.to_dense()
                     self._check_state_dtype(k, key, val, b.fmt)
                     want = _lowp.nblocks(p.numel()) if key in _SCALES else p.numel()
+                    if key in self._row_states:
+                        want = p.shape[0] if p.dim() else 1
                     if val.numel() != want or val.is_complex():
                         raise ValueError(f"state {key!r} of parameter {k!r} has {val.numel()} "
                                          f"elements of {val.dtype}; the parameter has "
@@ -153,7 +158,7 @@ class _CheckpointMixin:
         with torch.no_grad():
             for b, i, v, step, mu, tensors in entries:
                 for name, val in tensors.items():
-                    b.ensure_state(name, self._fill(name))
+                    self._ensure(b, name)
                     view = b.sviews[name][i]
                     view.copy_(val.reshape(view.shape))
                 if step is not None:

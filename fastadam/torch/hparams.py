@@ -70,8 +70,11 @@ class _HparamsMixin:
             return rec[1]
         self._check_flags(group)
         hp = self._group_hparams(group)
-        kname = self._scalar(np.dtype(np.float64), **self._full(hp, 1, 0.5))[0]
-        out = (hp, kname, _scalars.KERNEL_STATES[kname], self._advances(hp))
+        if self._sparse == "require":            # row-sparse steps only: SparseAdam, ...
+            kname = self._opt
+        else:
+            kname = self._scalar(np.dtype(np.float64), **self._full(hp, 1, 0.5))[0]
+        out = (hp, kname, _scalars.kernel_states(kname), self._advances(hp))
         if not any(isinstance(x, torch.Tensor) for x in vals):
             self._hp_cache[gi] = (key, out)
         return out

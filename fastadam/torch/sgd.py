@@ -40,9 +40,21 @@ class SGD(FlatOptimizer):
     Notes
     -----
     State (with momentum only): ``momentum_buffer``; no ``step``, as in torch.
+
+    Sparse gradients are taken as torch takes them.  Without momentum, the rows
+    the gradient holds move by :math:`-\gamma g` (duplicates summed; one row-sparse
+    kernel call, :func:`fastadam.functional.sparse_sgd_`).  With momentum, torch keeps
+    a sparse momentum buffer that gathers every row ever touched and moves them all
+    at each step; fastadam computes the same values with its dense momentum buffer:
+    the gradient is scattered into the flat gradient buffer and the step is the
+    dense one (its cost is the whole parameter's, as torch's grows to be).  The
+    checkpoint then holds a dense ``momentum_buffer`` where torch's is a sparse
+    tensor (loading torch's converts it).  As torch, ``weight_decay`` (and
+    ``fused=True``) with a sparse gradient raise RuntimeError.
     """
 
     _opt = "sgd"
+    _sparse = "accept"
     _hp_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
                 "differentiable")
     _flag_keys = ("differentiable",)
@@ -62,6 +74,17 @@ class SGD(FlatOptimizer):
                             dampening=g["dampening"],
                             weight_decay=_num("weight_decay", g["weight_decay"]),
                             nesterov=g["nesterov"], maximize=g["maximize"])
+
+    def _check_sparse_group(self, group, hp):
+        if group.get("fused"):
+            raise RuntimeError("`_fused_sgd` does not support sparse gradients")
+        if hp["weight_decay"] != 0:
+            raise RuntimeError("SGD: weight_decay is not supported with sparse gradients "
+                               "(torch.optim.SGD: add(sparse, dense) is not supported)")
+        return hp["momentum"] != 0          # momentum: the dense step, as torch's values
+
+    def _sparse_step_hp(self, hp, t, sg):
+        return "sparse_sgd", dict(lr=hp["lr"], maximize=hp["maximize"])
 
     def _advances(self, hp):
         return hp["momentum"] != 0   # counts momentum steps: 0 means "no buffer yet"

@@ -21,6 +21,7 @@ import torch
 
 from .. import _scalars
 from .buffers import _SCALES, _data_ptr
+from .sparse import _densify, _SparseGrad
 
 #: A gradient tensor that is not a view of the flat buffer (a fresh one from
 #: autograd after ``zero_grad()``, or one the user assigned) and has at least this
@@ -72,7 +73,11 @@ class _StepMixin:
             if not all(map(_is, grads, b.gviews)):
                 for p, g, v in zip(b.params, grads, b.gviews):
                     if g is not None and g is not v:
-                        p.grad = v
+                        if g.layout != torch.strided:    # as torch: a sparse one stays sparse
+                            with torch.no_grad():
+                                g.zero_()
+                        else:
+                            p.grad = v
             b.grad.zero_()
 
     def step(self, closure=None):
@@ -113,6 +118,8 @@ class _StepMixin:
         """Check one bucket and decide its runs; changes nothing."""
         params = b.params
         grads = list(map(_grad_of, params))
+        if self._sparse == "require":
+            self._check_dense_grads(grads)
         bound = all(map(_is, grads, b.gviews))
         moved = list(map(_data_ptr, params)) != b.ptrs
         if bound and not moved and b.uniform:
@@ -138,9 +145,14 @@ class _StepMixin:
                 has.append(None)
                 continue
             if g is not v:
-                if g.is_sparse or g.layout != torch.strided:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse "
-                                       "gradients")
+                if g.layout != torch.strided:           # sparse: checked, made a row update
+                    sg, dense = self._sparse_grad(b, i, g, hp)
+                    if dense:
+                        copies.append((i, sg))          # scattered into the flat buffer
+                        has.append(True)
+                    else:
+                        has.append(sg)                  # a run of its own
+                    continue
                 if g.shape != v.shape or g.dtype != b.dtype or g.device != b.device:
                     raise ValueError(
                         f"the gradient of parameter {i} of param group {b.gi} has shape "
@@ -226,7 +238,7 @@ class _StepMixin:
         if arrays is None:
             for name in names + (_SCALES if b.sdt == "int8" else ()) + (
                     ("master_param",) if b.fmt else ()):
-                b.ensure_state(name, self._fill(name))
+                self._ensure(b, name)
             arrays = b.kernel_arrays(kname)
         special = b.sdt != "float32" or self._xf is not None or b.fmt is not None
         steps = b.steps
@@ -249,15 +261,17 @@ class _StepMixin:
                 t = int(steps[a]) + 1
                 mu = float(b.mu[a]) if self._needs_mu else 1.0
                 lo, hi = offs[a], offs[z]
-                if g is not None:
-                    g = g.detach().reshape(-1)
-                    g = g if b.cuda else b._host(g)
-                if special:
+                if type(g) is _SparseGrad:
+                    self._sparse_call(b, hp, t, a, g)
+                elif special:
+                    if g is not None:
+                        g = b._host(g.detach().reshape(-1))
                     self._call_x(b, names, self._scalars_of(b, hp, t, mu, memo)[0], lo, hi, g)
                 else:
                     arr = tuple(x[lo:hi] for x in arrays)
                     if g is not None:
-                        arr = (arr[0], g) + arr[2:]
+                        g = g.detach().reshape(-1)
+                        arr = (arr[0], g if b.cuda else b._host(g)) + arr[2:]
                     self._call(b, kname, arr, self._scalars_of(b, hp, t, mu, memo))
                 if advances:
                     steps[a:z] += 1
@@ -275,8 +289,16 @@ class _StepMixin:
         """Copy foreign gradient tensors into the flat gradient buffer.
 
         On CPU with NumPy (a plain memcpy on this thread): a torch copy would wake
-        torch's OpenMP pool between backward and the kernel's own thread pool.
+        torch's OpenMP pool between backward and the kernel's own thread pool.  A
+        sparse gradient (:class:`~fastadam.torch.sparse._SparseGrad`) is scattered.
         """
+        if any(type(g) is _SparseGrad for _, g in copies):
+            for i, g in copies:
+                if type(g) is _SparseGrad:
+                    _densify(b, i, g)
+            copies = [(i, g) for i, g in copies if type(g) is not _SparseGrad]
+            if not copies:
+                return
         if not b.cuda and b.gnp is not None:
             views = b.gnp
             try:

@@ -19,6 +19,7 @@ from .. import _validate as _v
 from .. import lowp as _lowp
 from .buffers import _BLOCK, _SCALES
 from .hparams import _num
+from .sparse import _SparseGrad
 
 
 class _TransformMixin:
@@ -64,6 +65,10 @@ class _TransformMixin:
                 "fastadam.torch: grad_scale, found_inf, max_grad_norm and clip_value are "
                 "implemented for CPU tensors only (with CUDA tensors, torch.amp.GradScaler "
                 "unscales the gradients itself; use torch.nn.utils.clip_grad_norm_)")
+        if (max_norm is not None or clip_value is not None) and any(
+                type(g) is _SparseGrad for p in plans for _, _, g in p[4]):
+            raise RuntimeError(f"{type(self).__name__}: max_grad_norm / clip_value are not "
+                               "supported with sparse gradients")
         if skip:
             self.skipped_steps += 1
             return
@@ -75,6 +80,7 @@ class _TransformMixin:
             for b, _, _, _, runs in plans:
                 o = b.offsets
                 grads.extend(b.host["grad"][o[a]:o[z]] if g is None else
+                             g.vals.reshape(-1) if type(g) is _SparseGrad else
                              b._host(g.detach().reshape(-1)) for a, z, g in runs)
                 formats.extend(b.fmt for _ in runs)
             sumsq, finite = _lowp.grad_stats(grads, grad_scale=gs, clip_value=clip_value,

@@ -1,0 +1,412 @@
+"""fastadam.torch with sparse gradients: SparseAdam, Adagrad / SGD's sparse paths, lazy Adam,
+RowWiseAdagrad.
+
+Side by side with torch.optim on models with nn.Embedding(sparse=True) and
+nn.EmbeddingBag(sparse=True) (float64: 1e-10), checkpoints across both, the same
+refusals with the same exception types, against the NumPy reference where torch has
+no counterpart (lazy Adam, row-wise Adagrad), and that a sparse step writes only its
+rows of the flat buffers.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastadam.reference as ref  # noqa: E402
+import fastadam.torch as ft  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
+
+
+class Recsys(torch.nn.Module):
+    """Two sparse tables and, unless ``sparse_only``, a dense tower."""
+
+    def __init__(self, dtype, sparse_only=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.user = torch.nn.Embedding(60, 6, sparse=True)
+        self.item = torch.nn.EmbeddingBag(40, 6, sparse=True, mode="sum")
+        self.tower = None if sparse_only else torch.nn.Linear(6, 1)
+        self.to(dtype)
+
+    def forward(self, users, items, w):
+        x = torch.tanh(self.user(users) + self.item(items))
+        if self.tower is None:
+            return (x * w).sum()
+        return (self.tower(x).squeeze(-1) * w[:, 0]).sum() + (x * w).sum()
+
+
+def batches(dtype, n=20, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        users = (torch.randint(0, 10, (32,), generator=g) * 7) % 60    # many duplicates
+        items = torch.randint(0, 12, (32, 3), generator=g)
+        out.append((users, items, torch.randn(32, 6, generator=g, dtype=dtype)))
+    return out
+
+
+def train(model, opt, data, set_to_none=True):
+    for users, items, w in data:
+        opt.zero_grad(set_to_none=set_to_none)
+        model(users, items, w).backward()
+        opt.step()
+
+
+def states(model, opt):
+    out = []
+    for p in model.parameters():
+        out.append(p.detach())
+        for k, v in sorted(opt.state[p].items()):
+            if k == "step":
+                out.append(torch.as_tensor(float(v)))
+            elif isinstance(v, torch.Tensor):
+                out.append(v.to_dense() if v.is_sparse else v)
+    return out
+
+
+def assert_same(a, b, dtype):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if dtype == torch.float64:
+            torch.testing.assert_close(x.double(), y.double(), rtol=1e-10, atol=1e-12)
+        else:   # float32: a few steps (the duplicates' summation orders differ from torch's)
+            scale = max(float(x.abs().max()), 1.0) if x.numel() else 1.0
+            torch.testing.assert_close(x.float(), y.float(), rtol=1e-5, atol=1e-6 * scale)
+
+
+CASES = [
+    ("SparseAdam", dict(lr=0.05), True),
+    ("SparseAdam", dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, maximize=True), True),
+    ("Adagrad", dict(lr=0.1), False),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.2, eps=1e-6,
+                     maximize=True), False),
+    ("SGD", dict(lr=0.05), False),
+    ("SGD", dict(lr=0.05, maximize=True), False),
+    ("SGD", dict(lr=0.05, momentum=0.9), False),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3), False),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True), False),
+]
+
+
+@pytest.mark.parametrize("name,kw,sparse_only", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("set_to_none", [True, False], ids=["none", "zero"])
+def test_parity_with_torch(name, kw, sparse_only, dtype, set_to_none):
+    data = batches(dtype, 20 if dtype == torch.float64 else 5)
+    m1, m2 = Recsys(dtype, sparse_only), Recsys(dtype, sparse_only)
+    o1 = getattr(torch.optim, name)(m1.parameters(), **kw)
+    o2 = getattr(ft, name)(m2.parameters(), **kw)
+    train(m1, o1, data, set_to_none)
+    train(m2, o2, data, set_to_none)
+    assert_same(states(m1, o1), states(m2, o2), dtype)
+
+
+def test_sparse_dims_and_hybrid_layouts():
+    # gradients sparse in two dimensions, and sparse in one of a 3-D parameter
+    dtype = torch.float64
+    for shape, sparse_dim in [((8, 5), 2), ((6, 3, 2), 1), ((4, 3, 2), 2)]:
+        ps = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for _ in range(2)]
+        ps[1].data.copy_(ps[0].data)
+        o1, o2 = torch.optim.SparseAdam([ps[0]], lr=0.1), ft.SparseAdam([ps[1]], lr=0.1)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(5):
+            dense = torch.randn(shape, generator=g, dtype=dtype)
+            dense[torch.rand(shape[:sparse_dim], generator=g) < 0.5] = 0
+            sp = dense.to_sparse(sparse_dim)
+            # duplicates: the same entries twice, uncoalesced
+            sp = torch.sparse_coo_tensor(torch.cat([sp._indices(), sp._indices()], 1),
+                                         torch.cat([sp._values(), sp._values() * 0.5]), shape)
+            for p, o in zip(ps, (o1, o2)):
+                p.grad = sp.clone()
+                o.step()
+        torch.testing.assert_close(ps[0].detach(), ps[1].detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(o1.state[ps[0]]["exp_avg_sq"], o2.state[ps[1]]["exp_avg_sq"],
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_step_touches_only_its_rows_of_the_flat_buffers():
+    torch.manual_seed(0)
+    a = torch.nn.Embedding(30, 4, sparse=True)
+    b = torch.nn.Embedding(20, 4, sparse=True)
+    for make in (lambda p: ft.SparseAdam(p, lr=0.1), lambda p: ft.Adagrad(p, lr=0.1),
+                 lambda p: ft.SGD(p, lr=0.1), lambda p: ft.RowWiseAdagrad(p, lr=0.1),
+                 lambda p: ft.Adam(p, lr=0.1, sparse_grads="lazy")):
+        opt = make([a.weight, b.weight])
+        (a(torch.tensor([1, 2])).sum() + b(torch.tensor([5])).sum()).backward()
+        opt.step()                                      # every state exists now
+        bucket = opt._buckets[0]
+        flats = [bucket.data] + list(bucket.state.values())
+        before = [f.clone() for f in flats]
+        opt.zero_grad()
+        (a(torch.tensor([7, 7, 3])).sum() * 2).backward()      # table a, rows 3 and 7 only
+        opt.step()
+        changed = [torch.nonzero(f != g).flatten() for f, g in zip(flats, before)]
+        rows = {3, 7}
+        assert len(changed[0]) == 8                     # 2 rows x 4 of the parameter
+        for name, ch in zip(["param"] + list(bucket.state), changed):
+            if name == "sum" and isinstance(opt, ft.RowWiseAdagrad):
+                assert set(ch.tolist()) == rows         # one value per row
+            else:
+                assert {int(i) // 4 for i in ch} <= rows, name     # a's rows come first
+
+
+def test_empty_sparse_gradient_counts_a_step_and_changes_nothing():
+    for cls in (torch.optim.SparseAdam, ft.SparseAdam):
+        e = torch.nn.Embedding(5, 2, sparse=True)
+        opt = cls(e.parameters())
+        e(torch.tensor([1])).sum().backward()
+        opt.step()
+        before = e.weight.detach().clone()
+        opt.zero_grad(set_to_none=False)                # a sparse grad stays sparse, nnz 0
+        assert e.weight.grad.is_sparse and e.weight.grad._nnz() == 0
+        opt.step()
+        assert torch.equal(e.weight.detach(), before)
+        assert int(opt.state[e.weight]["step"]) == 2
+
+
+# -- checkpoints across torch.optim and fastadam.torch -----------------------------------
+
+@pytest.mark.parametrize("name,kw", [("SparseAdam", dict(lr=0.05)),
+                                     ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.1)),
+                                     ("SGD", dict(lr=0.05, momentum=0.9))])
+def test_checkpoints_cross_load(name, kw):
+    dtype = torch.float64
+    data = batches(dtype, 10)
+    sparse_only = name == "SparseAdam"
+    # torch -> fastadam
+    m1, m2 = Recsys(dtype, sparse_only), Recsys(dtype, sparse_only)
+    o1 = getattr(torch.optim, name)(m1.parameters(), **kw)
+    train(m1, o1, data[:5])
+    m2.load_state_dict(m1.state_dict())
+    o2 = getattr(ft, name)(m2.parameters(), **kw)
+    o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+    train(m1, o1, data[5:])
+    train(m2, o2, data[5:])
+    assert_same(states(m1, o1), states(m2, o2), dtype)
+    # fastadam -> torch, in torch's format
+    sd = o2.state_dict()
+    if name == "SparseAdam":
+        assert type(sd["state"][0]["step"]) is int
+        assert set(sd["param_groups"][0]) == {"lr", "betas", "eps", "maximize", "params"}
+    m3 = Recsys(dtype, sparse_only)
+    m3.load_state_dict(m2.state_dict())
+    o3 = getattr(torch.optim, name)(m3.parameters(), **kw)
+    o3.load_state_dict(copy.deepcopy(sd))
+    more = batches(dtype, 5, seed=7)
+    train(m2, o2, more)
+    train(m3, o3, more)
+    assert_same(states(m3, o3), states(m2, o2), dtype)
+
+
+def test_fastadam_round_trip_is_bitwise():
+    dtype = torch.float32
+    data = batches(dtype, 8)
+    for make in (lambda p: ft.SparseAdam(p, lr=0.05),
+                 lambda p: ft.RowWiseAdagrad(p, lr=0.05, weight_decay=0.01),
+                 lambda p: ft.Adam(p, lr=0.05, sparse_grads="lazy", amsgrad=True)):
+        m1, m2 = Recsys(dtype, True), Recsys(dtype, True)
+        o1 = make(m1.parameters())
+        train(m1, o1, data[:4])
+        m2.load_state_dict(m1.state_dict())
+        o2 = make(m2.parameters())
+        o2.load_state_dict(copy.deepcopy(o1.state_dict()))
+        train(m1, o1, data[4:])
+        train(m2, o2, data[4:])
+        for x, y in zip(states(m1, o1), states(m2, o2)):
+            assert torch.equal(x, y)
+
+
+# -- refusals: the same exception types as torch ------------------------------------------
+
+def _both(make_torch, make_fast, grad_kind="sparse", **kw):
+    """The exception types torch and fastadam raise (None for none) at construction or step."""
+    out = []
+    for make in (make_torch, make_fast):
+        e = torch.nn.Embedding(6, 3, sparse=grad_kind == "sparse")
+        try:
+            opt = make(e.parameters(), **kw)
+            e(torch.tensor([1, 1, 2])).sum().backward()
+            snap = e.weight.detach().clone()
+            opt.step()
+            out.append(None)
+        except Exception as ex:         # noqa: BLE001 - the type is the point
+            out.append(type(ex))
+            if make is make_fast and "snap" in locals():
+                assert torch.equal(e.weight.detach(), snap), "a refused step changed the table"
+    return out
+
+
+REFUSALS = [
+    ("SparseAdam", dict(lr=0.0), "sparse"),
+    ("SparseAdam", dict(lr=-1.0), "sparse"),
+    ("SparseAdam", dict(eps=0.0), "sparse"),
+    ("SparseAdam", dict(betas=(1.0, 0.9)), "sparse"),
+    ("SparseAdam", dict(betas=(0.9, -0.1)), "sparse"),
+    ("SparseAdam", dict(lr=torch.tensor([1e-3, 1e-3])), "sparse"),
+    ("SparseAdam", dict(), "dense"),
+    ("Adagrad", dict(weight_decay=0.1), "sparse"),
+    ("Adagrad", dict(fused=True), "sparse"),
+    ("SGD", dict(weight_decay=0.1), "sparse"),
+    ("SGD", dict(weight_decay=0.1, momentum=0.9), "sparse"),
+    ("SGD", dict(fused=True), "sparse"),
+    ("Adam", dict(), "sparse"),
+    ("AdamW", dict(), "sparse"),
+    ("RMSprop", dict(), "sparse"),
+    ("Adamax", dict(), "sparse"),
+    ("NAdam", dict(), "sparse"),
+    ("Adadelta", dict(), "sparse"),
+    ("Adagrad", dict(), "sparse"),          # accepted by both
+    ("SGD", dict(momentum=0.5), "sparse"),  # accepted by both
+]
+
+
+@pytest.mark.parametrize("name,kw,grad_kind", REFUSALS,
+                         ids=[f"{r[0]}-{i}" for i, r in enumerate(REFUSALS)])
+def test_refuses_what_torch_refuses(name, kw, grad_kind):
+    t, f = _both(getattr(torch.optim, name), getattr(ft, name), grad_kind, **kw)
+    assert t is f, (t, f)
+
+
+def test_sparse_adam_refuses_sparse_and_complex_params_as_torch():
+    for p in (torch.zeros(3, 3).to_sparse(), torch.zeros(3, dtype=torch.complex64)):
+        for cls in (torch.optim.SparseAdam, ft.SparseAdam):
+            with pytest.raises(ValueError, match="params at indices"):
+                cls([torch.nn.Parameter(torch.zeros(2)), p])
+
+
+def test_bad_sparse_gradients_change_nothing():
+    e = torch.nn.Embedding(6, 3, sparse=True)
+    opt = ft.SparseAdam(e.parameters(), lr=0.1)
+    e(torch.tensor([1])).sum().backward()
+    opt.step()
+    snap = [e.weight.detach().clone()] + [t.clone() for t in opt._buckets[0].state.values()]
+    bad = [(IndexError, torch.sparse_coo_tensor([[1, 6]], torch.ones(2, 3), (6, 3))),
+           (IndexError, torch.sparse_coo_tensor([[-1]], torch.ones(1, 3), (6, 3))),
+           (RuntimeError, torch.ones(6, 3))]
+    for exc, g in bad:
+        e.weight.grad = g
+        with pytest.raises(exc):
+            opt.step()
+        assert torch.equal(e.weight.detach(), snap[0])
+        for t, s in zip(opt._buckets[0].state.values(), snap[1:]):
+            assert torch.equal(t, s)
+
+
+def test_lazy_adam_and_rowwise_need_what_they_need():
+    with pytest.raises(ValueError, match="sparse_grads"):
+        ft.Adam([torch.nn.Parameter(torch.zeros(2))], sparse_grads="eager")
+    with pytest.raises(ValueError, match="state_dtype"):
+        ft.Adam([torch.nn.Parameter(torch.zeros(2))], sparse_grads="lazy", state_dtype="int8")
+    with pytest.raises(ValueError, match="0-d"):
+        ft.RowWiseAdagrad([torch.nn.Parameter(torch.tensor(1.0))])
+    p = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = ft.RowWiseAdagrad([p])
+    p.grad = torch.zeros(4, 3).to_sparse(2)
+    with pytest.raises(ValueError, match="first dimension"):
+        opt.step()
+    p.grad = torch.zeros(4, 3)
+    with pytest.raises(RuntimeError, match="dense gradients"):
+        opt.step()
+
+
+def test_numba_and_numpy_backends_agree():
+    dtype = torch.float64
+    data = batches(dtype, 6)
+    out = []
+    for be in ("numba", "numpy"):
+        m = Recsys(dtype, True)
+        o = ft.SparseAdam(m.parameters(), lr=0.05, backend=be)
+        train(m, o, data)
+        out.append(states(m, o))
+    assert_same(*out, dtype)
+
+
+def test_grad_scaler():
+    # SparseAdam: the scaler unscales the sparse gradients itself (as for torch's);
+    # Adagrad: fastadam unscales inside the step, torch's scaler before it
+    dtype = torch.float32
+    data = batches(dtype, 5)
+    for name in ("SparseAdam", "Adagrad"):
+        res = []
+        for mod in (torch.optim, ft):
+            m = Recsys(dtype, name == "SparseAdam")
+            o = getattr(mod, name)(m.parameters(), lr=0.05)
+            sc = torch.amp.GradScaler("cpu", init_scale=1024.0)
+            for users, items, w in data:
+                o.zero_grad()
+                sc.scale(m(users, items, w)).backward()
+                sc.step(o)
+                sc.update()
+            res.append(states(m, o))
+        assert_same(*res, dtype)
+
+
+# -- no torch counterpart: lazy Adam and RowWiseAdagrad against the NumPy reference -------
+
+def _reference_lazy_run(model, data, hp, rowwise=False):
+    """The NumPy reference over the model's sparse tables (dense ones: reference.adam_)."""
+    params = [p.detach().numpy().copy() for p in model.parameters()]
+    st = [dict(exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p),
+               max_exp_avg_sq=np.zeros_like(p), sum=np.zeros(p.shape[0], p.dtype))
+          for p in params]
+    for t, (users, items, w) in enumerate(data, 1):
+        model.zero_grad()
+        for p, v in zip(model.parameters(), params):
+            p.data.copy_(torch.from_numpy(v))
+        model(users, items, w).backward()
+        for p, v, s in zip(model.parameters(), params, st):
+            g = p.grad
+            if g.is_sparse:
+                idx, vals = g._indices()[0].numpy(), g._values().numpy()
+                if rowwise:
+                    ref.rowwise_adagrad_(v, idx, vals, s["sum"], **hp)
+                else:
+                    ref.lazy_adam_(v, idx, vals, s["exp_avg"], s["exp_avg_sq"],
+                                   s["max_exp_avg_sq"] if hp["amsgrad"] else None, step=t, **hp)
+            else:
+                ref.adam_(v, g.numpy().copy(), s["exp_avg"], s["exp_avg_sq"],
+                          s["max_exp_avg_sq"] if hp["amsgrad"] else None, step=t, **hp)
+    return params, st
+
+
+@pytest.mark.parametrize("cls,kw", [
+    ("Adam", dict(lr=0.02)),
+    ("Adam", dict(lr=0.02, weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("AdamW", dict(lr=0.02, weight_decay=0.1)),
+])
+def test_lazy_adam_matches_reference(cls, kw):
+    dtype = torch.float64
+    data = batches(dtype, 10)
+    m = Recsys(dtype)
+    want, st = _reference_lazy_run(Recsys(dtype), data, dict(
+        lr=kw["lr"], beta1=0.9, beta2=0.999, eps=1e-8,
+        weight_decay=kw.get("weight_decay", 0.01 if cls == "AdamW" else 0.0),
+        decoupled_weight_decay=cls == "AdamW", amsgrad=kw.get("amsgrad", False),
+        maximize=kw.get("maximize", False)))
+    opt = getattr(ft, cls)(m.parameters(), sparse_grads="lazy", **kw)
+    train(m, opt, data)
+    for p, w, s in zip(m.parameters(), want, st):
+        np.testing.assert_allclose(p.detach().numpy(), w, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(opt.state[p]["exp_avg_sq"].numpy(), s["exp_avg_sq"],
+                                   rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_rowwise_adagrad_matches_reference(dtype):
+    data = batches(dtype, 10)
+    hp = dict(lr=0.05, eps=1e-8, weight_decay=0.01, maximize=False)
+    want, st = _reference_lazy_run(Recsys(dtype, True), data, hp, rowwise=True)
+    m = Recsys(dtype, True)
+    opt = ft.RowWiseAdagrad(m.parameters(), **hp)
+    train(m, opt, data)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for p, w, s in zip(m.parameters(), want, st):
+        np.testing.assert_allclose(p.detach().numpy(), w, **tol)
+        assert opt.state[p]["sum"].shape == (p.shape[0],)
+        np.testing.assert_allclose(opt.state[p]["sum"].numpy(), s["sum"], **tol)
