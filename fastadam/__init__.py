@@ -16,9 +16,8 @@ Importing fastadam compiles nothing and does not import numba; kernels are
 compiled (or loaded from numba's cache) on first use.
 """
 
-__version__ = "0.1.0"
-
 from . import functional, keras
+from ._version import __version__
 from ._backends import BackendUnavailableError, available_backends
 from .flat import FlatBuffer, FlatParams
 from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RMSprop
