@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -347,3 +348,61 @@ def test_import_order_and_no_keras_without_the_user():
         print("ok")
         """)
     assert "ok" in out
+
+
+# -- the flat-buffer packs (small variables share one buffer and one kernel call) -----
+
+@pytest.mark.parametrize("pack_max", [0, 64, 1 << 30], ids=["no-packs", "some", "all"])
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Nadam"])
+def test_packs_give_the_same_weights(name, pack_max, floatx, monkeypatch):
+    from fastadam.keras import _torch_views
+    monkeypatch.setattr(_torch_views, "PACK_MAX", pack_max)
+    floatx("float64")
+    kw = {"momentum": 0.9} if name == "RMSprop" else {}
+    ours, theirs = fit_both(name, kw, "float64")
+    assert max_rel(ours, theirs) < 1e-12
+
+
+def test_small_variables_share_one_buffer_and_one_kernel_call(monkeypatch):
+    from fastadam.kernels import cpu
+    from fastadam.keras import _torch_views
+    monkeypatch.setattr(_torch_views, "PACK_MAX", 50)    # the kernel (12 x 8) stays apart
+    calls = []
+    real = cpu.run
+    monkeypatch.setattr(cpu, "run", lambda name, arrays, scal: (
+        calls.append(arrays[0].size), real(name, arrays, scal)))
+    m = seed_model()
+    opt = FK.Adam()
+    m.compile(loss="binary_crossentropy", optimizer=opt)
+    x, y = data("float32", n=2 * BATCH)
+    m.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert sorted(calls) == [8 + 8 + 1, 8 + 8 + 1, 96, 96]      # 2 steps, 2 calls each
+    small = [v for v in m.trainable_variables if v.value.numel() <= 50]
+    ptrs = sorted((v.value.data_ptr(), v.value.numel() * 4) for v in small)
+    assert all(a + n == b for (a, n), (b, _) in zip(ptrs, ptrs[1:]))   # contiguous
+    # and so is their state; saving / assigning still works through the views
+    w = [v.numpy().copy() for v in m.weights]
+    m.set_weights([a + 1 for a in w])
+    np.testing.assert_array_equal(m.weights[1].numpy(), w[1] + 1)
+
+
+def test_a_call_with_a_missing_gradient_keeps_every_value(floatx):
+    """Packs re-form when the set of variables changes (a None gradient): the
+    values and the state move with the variables."""
+    floatx("float64")
+    rng = np.random.default_rng(3)
+    shapes = [(4,), (3,), (2, 2)]
+    init = [rng.standard_normal(s) for s in shapes]
+    steps = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
+    out = []
+    for mod in (FK, keras.optimizers):
+        vs = [keras.Variable(a.copy()) for a in init]
+        opt = mod.Adam(learning_rate=0.1)
+        for k, gs in enumerate(steps):
+            gs = [None if (j == 0 and k in (2, 3)) else torch.from_numpy(g.copy())
+                  for j, g in enumerate(gs)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                opt.apply(gs, vs)
+        out.append([v.numpy() for v in vs])
+    assert max_rel(*out) < 1e-12

@@ -90,7 +90,10 @@ class KerasSide(KerasStepMixin):
     @property
     def _steps(self):
         it = self.__dict__.get("_iterations")
-        return 0 if it is None else int(it.value)
+        if it is None:
+            return 0
+        t = getattr(it, "_value", None)           # the backend's tensor: Keras'
+        return int(it.value if t is None else t)  # .value property is 10x slower
 
     @_steps.setter
     def _steps(self, n):

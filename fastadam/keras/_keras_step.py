@@ -27,8 +27,14 @@ from ._transforms import lr_value
 class KerasStepMixin:
     """``_keras_apply``: one step on Keras variables (see the module docstring)."""
 
+    _tv = None    # fastadam.keras._torch_views, imported at the first step on torch
+
     def _keras_apply(self, grads, variables):
         self._require_torch()
+        tv = self._tv
+        if tv is None:
+            from . import _torch_views as tv
+            type(self)._tv = tv
         grads = list(grads)
         if not grads:
             return
@@ -58,9 +64,8 @@ class KerasStepMixin:
             warnings.warn(f"Gradients do not exist for variables {missing} when minimizing "
                           "the loss. If using `model.compile()`, did you forget to provide "
                           "a `loss` argument?", stacklevel=3)
-        from . import _torch_views
-        chunks = _torch_views.chunks(self, pairs)    # checks every pair; writes nothing
         lr = self._keras_lr()
+        chunks = tv.chunks(self, pairs) if pairs else []   # checks every pair first
         for g, v in overwrite:
             v.assign(g)
         if chunks:
@@ -68,7 +73,7 @@ class KerasStepMixin:
         for _, _, v in pairs:
             if v.constraint is not None:
                 v.assign(v.constraint(v))
-        self._iterations.assign_add(1)
+        tv.bump(self._iterations)
 
     def _keras_lr(self) -> float:
         """The learning rate of this step, as Keras reads it, then the legacy ``decay``."""
@@ -81,38 +86,37 @@ class KerasStepMixin:
             value = lr_value(value, f"learning_rate (the schedule's value at iteration "
                                     f"{self._steps})")
         else:
-            value = float(self._learning_rate.value)   # Keras' variable (floatx)
+            value = float(self._tv.tensor(self._learning_rate))   # Keras' variable
         if self.decay:
             value = value / (1.0 + self.decay * self._steps)
         return value
 
     def _keras_update(self, chunks, lr):
-        """Run the kernels over ``chunks``: (pair indices, param, grad, state, decay on)."""
+        """Run the kernels over ``chunks``: (param, grad, state, decay on)."""
+        tv = self._tv
         for n, var in self._kscalars.items():           # Nadam's u_product
-            setattr(self, n, float(var.value))
+            setattr(self, n, float(tv.tensor(var)))
         st = self._prepare_step(lr)
-        st_plain = None
-        gscales = self._grad_scales([(None, c[2], None) for c in chunks]) \
-            if (self.clipnorm or self.global_clipnorm or self.loss_scale_factor) \
-            else None
+        gscales = self._grad_scales([(None, c[1], None) for c in chunks]) \
+            if (self.clipnorm or self.global_clipnorm or self.loss_scale_factor) else None
         be = self._backend()
-        for k, (_, p, g, state, decay_on) in enumerate(chunks):
+        plans = {}                      # chunks alike share their scalars
+        for k, (p, g, state, decay_on) in enumerate(chunks):
             if p.size == 0:
                 continue
-            s = st
-            if not decay_on and st.decay != 1.0:
-                if st_plain is None:
-                    st_plain = self._prepare_step(lr)
-                    st_plain.decay, st_plain.extra = 1.0, st.extra
-                s = st_plain
             gscale = gscales[k] if gscales is not None else 1.0
+            s = st if decay_on or st.decay == 1.0 else type(st)(st.t, st.lr, 1.0, st.extra)
             if self.clipvalue:
                 g = self._clip_values(g)
             if be == "numpy":
                 self._numpy_update(p, g, state, gscale, s)
-            else:
-                run, kname, names, scal = self._plan(p.dtype, gscale, s)
-                run(kname, (p, g) + tuple(state[n] for n in names), scal)
+                continue
+            key = (p.dtype, gscale, s.decay)
+            plan = plans.get(key)
+            if plan is None:
+                plan = plans[key] = self._plan(p.dtype, gscale, s)
+            run, kname, names, scal = plan
+            run(kname, (p, g) + tuple(state[n] for n in names), scal)
         self._finish_step(st)
         for n, var in self._kscalars.items():
-            var.assign(getattr(self, n))
+            tv.set_scalar(var, getattr(self, n))
