@@ -9,6 +9,9 @@ the same layout, and so does every optimizer state buffer.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +56,45 @@ class FlatBuffer:
         return out
 
 
+def _not_updated(a: np.ndarray) -> str | None:
+    """Why the caller would expect step() to update ``a``'s memory, though it cannot.
+
+    Every parameter is copied into the flat buffer; the caller then reads the
+    buffer's view.  An array that owns its C-contiguous, writeable memory is
+    simply superseded by that view.  For the others the copy is a trap: a strided
+    view (``W.T``, ``big[:, :3]``) or a slice of a larger array leaves that array
+    stale, memory that belongs to another object (``tensor.numpy()``, a memory
+    map) is never written back, and a read-only array was never meant to change.
+    Returns the reason in words, or None when the copy surprises no one.
+    """
+    if not a.flags.writeable:
+        return "is read-only"
+    if not a.flags.c_contiguous:
+        return "is not C-contiguous (a transpose or a strided slice of another array)"
+    base = a.base
+    if isinstance(base, np.ndarray):
+        if base.nbytes > a.nbytes:
+            return "is a slice of a larger array"
+        return None
+    if base is not None:
+        if isinstance(base, memoryview) and base.obj is not None:
+            base = base.obj                  # np.frombuffer: the buffer's owner
+        kind = type(base)
+        name = kind.__name__ if kind.__module__ == "builtins" else \
+            f"{kind.__module__}.{kind.__name__}"
+        return f"views memory owned by a {name}"
+    return None
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside fastadam (the user's call)."""
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class FlatParams:
     """Parameters flattened into one contiguous buffer per dtype.
 
@@ -67,7 +109,22 @@ class FlatParams:
         same container type and order.
     replace : bool, default False
         Also put the views into the given dict or list (``params[k] = view``),
-        so code holding that container sees the flat-backed arrays.
+        so code holding that container sees the flat-backed arrays (the
+        optimizers of :mod:`fastadam.optim` always do this).  A tuple cannot
+        take them: ``replace=True`` with a tuple is a TypeError.
+
+    Warns
+    -----
+    UserWarning
+        Once per parameter (naming its key or index) whose own memory will
+        never see an update: an array that is read-only, not C-contiguous (a
+        transpose, a strided slice), a slice of a larger array, or a view of
+        memory another object owns (``tensor.numpy()``, a memory map).  Its
+        values are copied like any other's; read and write the parameter
+        through its view, ``params[k]`` (``opt.params[k]``), or pass an array
+        that owns C-contiguous, writeable memory (e.g. ``a.copy()``).  Raised
+        before anything is copied, so ``-W error`` turns it into a refusal that
+        changes nothing.
 
     Attributes
     ----------
@@ -97,8 +154,13 @@ class FlatParams:
         else:
             raise TypeError("params must be a dict of name -> ndarray or a list of ndarrays, "
                             f"got {type(params).__name__}")
+        if replace and isinstance(params, tuple):
+            raise TypeError("params is a tuple, which cannot take the views of the flat "
+                            "buffer (replace=True): pass a list (its entries are replaced by "
+                            "the views) or a dict")
         seen = {}
         by_dtype: dict = {}
+        stale = []
         for k, a in items:
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"parameter {k!r} must be a numpy.ndarray, got {type(a).__name__}")
@@ -109,7 +171,21 @@ class FlatParams:
             if id(a) in seen:
                 raise ValueError(f"parameter {k!r} is the same array as {seen[id(a)]!r}")
             seen[id(a)] = k
+            why = _not_updated(a)
+            if why is not None:
+                stale.append((k, why))
             by_dtype.setdefault(a.dtype, []).append((k, a))
+        if stale:
+            level = _caller_stacklevel()
+            for k, why in stale:
+                use = (f"use the view your dict / list now holds (opt.params[{k!r}])" if replace
+                       else f"use its view fp.params[{k!r}] (FlatParams(..., replace=True) "
+                       "also puts it into your dict / list)")
+                warnings.warn(
+                    f"parameter {k!r} {why}: step() updates a copy of it in the flat buffer, "
+                    f"never this array or the memory it views; {use}, or pass a C-contiguous, "
+                    "writeable array that owns its memory (e.g. a.copy()) to silence this "
+                    "warning", UserWarning, stacklevel=level)
         self.buffers: list = []
         for dtype, members in by_dtype.items():
             total = sum(int(a.size) for _, a in members)

@@ -137,6 +137,27 @@ def test_closure_result_is_returned():
     assert opt.step(closure) == 3.5 and calls == [1]
 
 
+@pytest.mark.parametrize("name", sorted(FACADES))
+@pytest.mark.parametrize("clip", [False, True])
+def test_step_given_gradients_says_where_they_go(name, clip):
+    """``opt.step(grads)`` (a common first guess) is a TypeError naming the closure and
+    ``opt.grads``, raised before anything runs: no state made, no parameter written."""
+    params = _model()
+    opt = FACADES[name](params)
+    if clip:
+        opt.max_grad_norm = 1.0                  # the two-pass (clipping) path
+    snap = {k: v.copy() for k, v in params.items()}
+    for bad in (np.ones(3), [np.ones(3)], {"w1": np.ones((5, 7))}, 0.5):
+        with pytest.raises(TypeError, match=r"optional closure.*opt\.grads\[k\]"):
+            opt.step(bad)
+    assert opt.state[0]["float64"] == {"step": 0}
+    for k, v in params.items():
+        np.testing.assert_array_equal(v, snap[k])
+    opt.grads["w1"][...] = 1.0
+    opt.step()                                   # and the optimizer still works
+    assert opt.state[0]["float64"]["step"] == 1 and not np.array_equal(params["w1"], snap["w1"])
+
+
 def test_bad_group_hyperparameter_changes_nothing():
     ga, gb = [np.ones(4)], [np.ones(4)]
     opt = fastadam.Adam([{"params": ga}, {"params": gb}], lr=0.1)

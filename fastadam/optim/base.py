@@ -33,7 +33,13 @@ class Optimizer(GroupsMixin, StepPlanMixin, CheckpointMixin):
         or ``[{"params": <one of those>, "lr": ...}, ...]`` for param groups
         with their own hyperparameters.  Arrays are copied once into one
         contiguous buffer per (group, dtype); a dict or list passed in has its
-        entries replaced by views of the buffer.
+        entries replaced by views of the buffer (a tuple, which cannot take
+        them, is a TypeError).  Use those views (or :attr:`params`) from then
+        on: the arrays passed in are never updated.  An array whose own memory
+        a user would expect to change (read-only, strided such as ``W.T``, a
+        slice of a larger array, another object's memory such as
+        ``tensor.numpy()``) gets a UserWarning naming it
+        (:class:`fastadam.FlatParams`).
     backend : str
         ``"auto"``, ``"numba"``, ``"cython"`` or ``"numpy"``.
 
@@ -126,6 +132,8 @@ class Optimizer(GroupsMixin, StepPlanMixin, CheckpointMixin):
         ----------
         closure : callable, optional
             Called first (it may recompute the gradients); its result is returned.
+            Gradients are not an argument of ``step``: write them into
+            :attr:`grads` (``opt.grads[k][...] = g``) before the call.
         grad_scale : float, optional
             AMP loss scale: the gradients hold ``grad_scale * g``; the step
             uses ``g`` (unscaled inside the kernel; the buffers are not written).
@@ -146,7 +154,19 @@ class Optimizer(GroupsMixin, StepPlanMixin, CheckpointMixin):
 
         Every group's hyperparameters are validated before any buffer is touched.
         See docs/lowp.md for the two-pass scheme.
+
+        Raises
+        ------
+        TypeError
+            ``closure`` is neither None nor callable (e.g. an array of gradients,
+            which belong in :attr:`grads`); nothing is called or written.
         """
+        if closure is not None and not callable(closure):
+            raise TypeError(
+                f"step() takes an optional closure (a callable that recomputes the loss), "
+                f"got {type(closure).__name__}; gradients are not passed to step(): write "
+                "them into the optimizer's gradient views first, opt.grads[k][...] = g "
+                "(keys and shapes as opt.params), then call opt.step()")
         loss = closure() if closure is not None else None
         if grad_scale is not None or found_inf is not None or max_grad_norm is not None or \
                 clip_value is not None or self.max_grad_norm is not None or \
