@@ -53,6 +53,9 @@ def test_bench_quick_tiny(tmp_path, capsys):
     assert rows["adam fp32 state"]["own_roofline_s"] == low["roofline_s"]
     assert rows["bf16 params, fp32 master"]["own_roofline_s"] is None
     assert "% of own" in text
+    # measurements and the limits they are measured against, no project goals
+    assert "target" not in text.lower()
+    assert all("target" not in r for r in low["rows"])
     assert math.isclose(low["amp_pct"], 100 * low["roofline_amp_s"] / low["amp_s"])
 
 

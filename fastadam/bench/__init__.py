@@ -28,7 +28,7 @@ over a dict of 76 arrays, and the peers; and every other optimizer (the
 façade ``step()``) against the roofline of its own traffic; the
 reduced-precision table (:mod:`fastadam.bench.lowp`: bf16 / int8 state,
 bf16 parameters with master weights and the AMP step at 8M params, against
-issue 8's targets).  Finally the start-up costs: ``import fastadam`` and the first step in a new process with
+their rooflines).  Finally the start-up costs: ``import fastadam`` and the first step in a new process with
 a warm numba cache.
 
 Run ``fastadam bench --help`` for the options.

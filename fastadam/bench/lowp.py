@@ -1,4 +1,4 @@
-"""The reduced-precision section of ``fastadam bench`` (issue 8's targets).
+"""The reduced-precision section of ``fastadam bench``: measurements and their rooflines.
 
 On one flat buffer of ``n`` float32-sized parameters (default 8M), every
 contender interleaved in one process (see :func:`fastadam.bench.timing.interleave`):
@@ -23,8 +23,10 @@ contender interleaved in one process (see :func:`fastadam.bench.timing.interleav
   roofline: how far a kernel is from moving its bytes, and the speed-up over
   the float32 roofline that no kernel of that format can pass on this machine.
 
-Targets (issue 8): bf16 state >= 1.3x and int8 state >= 1.6x faster than the
-float32 roofline; the AMP step >= 90% of its own roofline.
+What is printed is measured, each figure beside the limit it is measured
+against (the float32 roofline, the contender's own roofline); the project's
+own goals for these ratios live in its design notes, not in this user-facing
+table.
 
 See Also
 --------
@@ -40,14 +42,14 @@ from .contenders import _roofline_fns
 from .timing import _fmt_time, _label
 
 HP = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
-#: contender -> (bytes moved per parameter, target speed-up over the fp32 roofline,
-#: the contender's own roofline: a prefix of the roofline contenders, or None)
+#: contender -> (bytes moved per parameter, the contender's own roofline: a prefix
+#: of the roofline contenders, or None)
 ROWS = {
-    "adam fp32 state": (28, None, "roofline parallel"),
-    "adam bf16 state": (20, 1.3, "roofline bf16 state"),
-    "adam int8 state": (16 + 16 / 256, 1.6, "roofline int8 state"),
-    "bf16 params, fp32 master": (28, None, None),
-    "bf16 params, bf16 state": (20, None, None),
+    "adam fp32 state": (28, "roofline parallel"),
+    "adam bf16 state": (20, "roofline bf16 state"),
+    "adam int8 state": (16 + 16 / 256, "roofline int8 state"),
+    "bf16 params, fp32 master": (28, None),
+    "bf16 params, bf16 state": (20, None),
 }
 #: state format -> bytes per moment element, for the state-format rooflines
 _STATE_ITEMSIZE = {"bf16": 2, "int8": 1}
@@ -119,7 +121,7 @@ def summarize(n: int, medians: dict) -> dict:
     # the AMP step reads g (first pass), then makes an Adam step: the fastest of each
     roof_amp = roof + min(t for k, t in medians.items() if k.startswith("roofline read"))
     rows = []
-    for name, (nbytes, target, own) in ROWS.items():
+    for name, (nbytes, own) in ROWS.items():
         if name not in medians:
             continue
         t = medians[name]
@@ -127,7 +129,7 @@ def summarize(n: int, medians: dict) -> dict:
                  min((v for k, v in medians.items() if k.startswith(own + " ")), default=None)
                  if own else None)
         rows.append(dict(contender=name, bytes_per_param=nbytes, median_s=t,
-                         vs_fp32_roofline=roof / t, bytes_ratio=28 / nbytes, target=target,
+                         vs_fp32_roofline=roof / t, bytes_ratio=28 / nbytes,
                          own_roofline_s=own_s,
                          own_vs_fp32_roofline=roof / own_s if own_s else None,
                          pct_own_roofline=100.0 * own_s / t if own_s else None))
@@ -136,20 +138,31 @@ def summarize(n: int, medians: dict) -> dict:
 
 
 def format_section(res: dict) -> str:
+    """The section as text: each contender's median and its ratios to the rooflines.
+
+    Parameters
+    ----------
+    res : dict
+        What :func:`summarize` returns.
+
+    Returns
+    -------
+    str
+        The table, one line per contender and one for the AMP step.
+    """
     lines = [f"Reduced precision and AMP, one buffer of {_label(res['size'])} params, against "
              f"the float32 Adam roofline ({_fmt_time(res['roofline_s']).strip()}, 28 B/param)",
              "(own roofline: the fastest loop moving the contender's bytes; its speed-up is "
              "the most any kernel of that format can reach here)",
              f"{'contender':<28} {'bytes/param':>11} {'median':>11} {'vs roofline':>11} "
-             f"{'bytes ratio':>11} {'own roofline':>12} {'% of own':>8} {'target':>8}"]
+             f"{'bytes ratio':>11} {'own roofline':>12} {'% of own':>8}"]
     for r in res["rows"]:
-        tgt = f">= {r['target']:.1f}x" if r["target"] else "-"
         own = (f"{r['own_vs_fp32_roofline']:11.2f}x {r['pct_own_roofline']:7.1f}%"
                if r.get("own_roofline_s") else f"{'-':>12} {'-':>8}")
         lines.append(f"{r['contender']:<28} {r['bytes_per_param']:>11.2f} "
                      f"{_fmt_time(r['median_s'])} {r['vs_fp32_roofline']:10.2f}x "
-                     f"{r['bytes_ratio']:10.2f}x {own} {tgt:>8}")
+                     f"{r['bytes_ratio']:10.2f}x {own}")
     lines.append(f"{'amp step':<28} {32:>11.2f} {_fmt_time(res['amp_s'])} "
                  f"{res['amp_pct']:9.1f}% of its roofline ({_fmt_time(res['roofline_amp_s']).strip()}"
-                 f"; target >= 90%)")
+                 ": the fastest read of g plus the fastest Adam roofline loop)")
     return "\n".join(lines)
