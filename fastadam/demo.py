@@ -295,37 +295,105 @@ def _smooth(xs, k):
     return np.arange(k - 1, xs.size), (c[k:] - c[:-k]) / k
 
 
+def _reference(results):
+    """The run the difference panels subtract: Adam's, else the first one."""
+    return next((r for r in results if r.name == "Adam"), results[0])
+
+
 def plot(results, path: str, title: str) -> None:
-    """Write the loss curves (smoothed batch loss per step; validation loss per epoch)."""
+    """Write the loss curves of the runs (:func:`figure`) as a PNG at ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig = figure(results, title)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def figure(results, title: str):
+    """The loss curves of the runs, as a matplotlib figure.
+
+    Top row: the smoothed training loss per step and the validation loss per
+    epoch (log scale).  Bottom row (two or more runs): the same curves minus
+    the reference run's (Adam's when it ran), which separates the curves the
+    top row bunches together: every run sees the same batches, so the batch
+    noise they share cancels.  One legend, shared by all panels, below them.
+
+    Parameters
+    ----------
+    results : list of Result
+        The runs, in the legend's order.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Open (pyplot's): close it when done.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    diff = len(results) > 1
+    fig, axes = plt.subplots(2 if diff else 1, 2, figsize=(12, 8.4 if diff else 4.8),
+                             sharex="col", squeeze=False)
     epochs = max(1, len(results[0].epoch_val_loss) - 1)
     steps_per_epoch = max(1, len(results[0].batch_losses) // epochs)
     window = max(1, steps_per_epoch // 5)
+    ref = _reference(results)
+    _, ref_train = _smooth(ref.batch_losses, window)
+    ref_val = np.asarray(ref.epoch_val_loss, dtype=np.float64)
+    styles = ("-", "--", "-.", ":")
     for i, r in enumerate(results):
-        style = dict(label=r.name, lw=1.2, ls="-" if i % 2 == 0 else "--")
+        style = dict(label=r.name, color=f"C{i % 10}", ls=styles[i % len(styles)],
+                     lw=2.0 if r is ref else 1.3)
         x, y = _smooth(r.batch_losses, window)
-        a.plot((x + 1) / steps_per_epoch, y, **style)
-        b.plot(np.arange(len(r.epoch_val_loss)), r.epoch_val_loss, marker="o", ms=3, **style)
-    a.set(xlabel="epoch", ylabel=f"training loss (batch, mean of {window})",
-          title="training loss")
-    b.set(xlabel="epoch", ylabel="validation loss", title="validation loss")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
+        ep = np.arange(len(r.epoch_val_loss))
+        val = np.asarray(r.epoch_val_loss, dtype=np.float64)
+        axes[0, 0].plot((x + 1) / steps_per_epoch, y, **style)
+        axes[0, 1].plot(ep, val, marker="o", ms=3.5, **style)
+        if diff:
+            axes[1, 0].plot((x + 1) / steps_per_epoch, y - ref_train, **style)
+            axes[1, 1].plot(ep, val - ref_val, marker="o", ms=3.5, **style)
+    axes[0, 0].set(ylabel=f"training loss (batch, mean of {window})", title="training loss")
+    axes[0, 1].set(ylabel="validation loss", title="validation loss")
+    for ax in axes[0]:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
+    if diff:
+        axes[1, 0].set(ylabel=f"training loss - {ref.name}'s (symlog)",
+                       title=f"training loss minus {ref.name}'s (below 0: lower loss)")
+        axes[1, 1].set(ylabel=f"validation loss - {ref.name}'s (symlog)",
+                       title=f"validation loss minus {ref.name}'s")
+        for ax in axes[1]:
+            # differences span decades (AdamW ~1e-4 from Adam, plain SGD ~0.3): a
+            # symmetric log scale, linear below the closest curve's typical gap
+            gaps = [np.median(np.abs(y[np.isfinite(y) & (y != 0)]))
+                    for y in (ln.get_ydata() for ln in ax.get_lines())
+                    if np.any(np.isfinite(y) & (y != 0))]
+            if gaps:
+                lin = max(min(gaps), 1e-6)
+                ax.set_yscale("symlog", linthresh=lin, linscale=1.0)
+                # no labels crowding 0 inside the linear band
+                ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+                    lambda v, _, lin=lin: "" if 0 < abs(v) < 1.5 * lin else f"{v:g}"))
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
         ax.set_xlim(0, epochs)
-    b.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    b.legend(fontsize=8, ncol=2)
+    axes[-1, 1].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=9,
+               frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, 0.05 if diff else 0.09, 1, 1))
+    return fig
 
 
 # --------------------------------------------------------------------------------------
@@ -429,9 +497,11 @@ def run(args) -> int:
         print("SGD runs with lr=0.01 (Keras' default; torch.optim's 1e-3 lags far behind here).")
 
     summary = [{k: v for k, v in vars(r).items() if k != "batch_losses"} for r in results]
-    with open(os.path.join(args.out, "fastadam-demo.json"), "w") as f:
+    json_path = os.path.join(args.out, "fastadam-demo.json")
+    with open(json_path, "w") as f:
         json.dump({"n_train": n_train, "n_val": n_val, "epochs": epochs, "seed": args.seed,
                    "backend": args.backend, "results": summary}, f, default=float)
+    print(f"results (every figure above, per-epoch losses) written to {json_path}")
     if not args.no_plot:
         path = os.path.join(args.out, "fastadam-demo.png")
         try:

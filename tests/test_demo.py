@@ -149,6 +149,62 @@ def test_table_formatting():
     assert t[2].split()[:6] == ["Adam", "0.001", "0.1000", "0.900", "0.2000", "0.800"]
 
 
+def _fake_results(names, epochs=3, steps=40):
+    rng = np.random.default_rng(0)
+    noise = rng.random(epochs * steps)                       # the batches every run shares
+    out = []
+    for i, name in enumerate(names):
+        r = demo.Result(name, {"lr": 1e-3})
+        r.batch_losses = list(0.7 - 0.01 * i + 0.1 * noise)
+        r.epoch_val_loss = [0.7 - 0.02 * i * e for e in range(epochs + 1)]
+        out.append(r)
+    return out
+
+
+def test_plot_one_legend_for_all_panels_and_differences_to_adam():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    names = ["SGD", "Adam", "AdamW", "RMSprop"]
+    res = _fake_results(names)
+    fig = demo.figure(res, "t")
+    try:
+        assert len(fig.axes) == 4
+        (legend,) = fig.legends                              # one, shared by every panel
+        assert [t.get_text() for t in legend.get_texts()] == names
+        assert all(ax.get_legend() is None for ax in fig.axes)
+        for ax in fig.axes:                                  # every panel draws every run
+            assert [ln.get_label() for ln in ax.get_lines()] == names
+        train_diff, val_diff = fig.axes[2], fig.axes[3]
+        assert "Adam's" in train_diff.get_title() and "Adam's" in val_diff.get_title()
+        lines = {ln.get_label(): ln for ln in val_diff.get_lines()}
+        np.testing.assert_allclose(lines["Adam"].get_ydata(), 0.0)
+        np.testing.assert_allclose(lines["RMSprop"].get_ydata(),
+                                   np.subtract(res[3].epoch_val_loss, res[1].epoch_val_loss))
+        # the shared batch noise cancels: the differences of the training curves are flat
+        t = {ln.get_label(): ln.get_ydata() for ln in train_diff.get_lines()}
+        np.testing.assert_allclose(t["AdamW"], -0.01, atol=1e-12)
+        np.testing.assert_allclose(t["SGD"], 0.01, atol=1e-12)
+        assert train_diff.get_yscale() == "symlog"
+    finally:
+        plt.close(fig)
+    fig = demo.figure(_fake_results(["SGD"]), "t")           # one run: nothing to subtract
+    try:
+        assert len(fig.axes) == 2 and len(fig.legends) == 1
+    finally:
+        plt.close(fig)
+
+
+def test_plot_subtracts_the_first_run_without_adam():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    fig = demo.figure(_fake_results(["RMSprop", "SGD"]), "t")
+    try:
+        assert "RMSprop's" in fig.axes[3].get_title()
+        np.testing.assert_allclose(fig.axes[3].get_lines()[0].get_ydata(), 0.0)
+    finally:
+        plt.close(fig)
+
+
 def test_unknown_optimizer_is_an_error():
     with pytest.raises(ValueError, match="unknown optimizer 'adamz'"):
         demo._parse_optimizers("adam,adamz")
@@ -181,12 +237,15 @@ def test_demo_quick_end_to_end(tmp_path):
     # the progress went to stderr, the table to stdout
     assert "Adam" in out.stderr and "optimizer" not in out.stderr
     png = tmp_path / "fastadam-demo.png"
+    # it says where it wrote each file
+    assert f"written to {tmp_path / 'fastadam-demo.json'}" in out.stdout
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert "matplotlib is not installed" in out.stdout
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"written to {png}" in out.stdout
     summary = json.loads((tmp_path / "fastadam-demo.json").read_text())
     assert [r["name"] for r in summary["results"]] == list(demo.OPTIMIZERS)
     adam = summary["results"][0]
@@ -205,6 +264,8 @@ def test_demo_filter_epochs_and_bad_input(tmp_path):
              ["results"]]
     assert names == ["SGD", "Adam"]
     assert not (tmp_path / "fastadam-demo.png").exists()
+    assert f"written to {tmp_path / 'fastadam-demo.json'}" in out.stdout
+    assert ".png" not in out.stdout
     bad = subprocess.run([sys.executable, "-m", "fastadam", "demo", "--optimizers", "lion",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60,
                          env=_env())
