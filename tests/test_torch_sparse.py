@@ -410,3 +410,42 @@ def test_rowwise_adagrad_matches_reference(dtype):
         np.testing.assert_allclose(p.detach().numpy(), w, **tol)
         assert opt.state[p]["sum"].shape == (p.shape[0],)
         np.testing.assert_allclose(opt.state[p]["sum"].numpy(), s["sum"], **tol)
+
+
+def test_a_sparse_tables_flat_gradient_costs_no_memory():
+    # the flat gradient buffer is mapped lazily and a sparse table's slice of it is never
+    # touched, zero_grad(set_to_none=False) included (a subprocess: a clean RSS, a timeout)
+    import os
+    import platform
+    import subprocess
+    import sys
+    import textwrap
+    if platform.system() != "Linux":
+        pytest.skip("reads /proc/self/statm")
+    code = textwrap.dedent("""
+        import resource, torch, fastadam.torch as ft
+        def rss_mib():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096 / 2**20
+        def run(emb, tower, steps):
+            opt = ft.Adagrad(list(emb.parameters()) + list(tower.parameters()), lr=0.1)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=False)
+                tower(emb(torch.randint(0, emb.num_embeddings, (512,)))).sum().backward()
+                opt.step()
+            return opt
+        run(torch.nn.Embedding(64, 16, sparse=True), torch.nn.Linear(16, 1), 2)   # warm
+        emb = torch.nn.Embedding(1 << 20, 16, sparse=True)       # 64 MiB
+        tower = torch.nn.Linear(16, 1)
+        before = rss_mib()
+        opt = run(emb, tower, 3)
+        print("grew_mib", rss_mib() - before)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    grew = float(out.stdout.split("grew_mib")[1])
+    # the flat table (64 MiB, the old storage freed) and "sum" (64 MiB); a touched flat
+    # gradient would add 64 MiB more
+    assert grew < 100, out.stdout

@@ -76,6 +76,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="plot %% of roofline per contender and size (needs matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--sparse", action="store_true",
+                        help="only the row-sparse (embedding) table: torch SparseAdam / "
+                             "Adagrad / SGD against fastadam's (fastadam.bench.sparse)")
 
 
 
@@ -98,6 +101,9 @@ def run(args) -> int:
             print("fastadam bench: --threads must be >= 1", file=sys.stderr)
             return 2
         _set_threads(args.threads)
+    if args.sparse:
+        from .sparse import run as run_sparse
+        return run_sparse(args)
     quick = args.quick
     stat = {"median": statistics.median, "min": min}[args.stat]
     sizes = args.sizes or list(QUICK_SIZES if quick else DEFAULT_SIZES)

@@ -82,71 +82,85 @@ prefetch_row = _blocked.prefetch_ahead
 # --- coalescing ----------------------------------------------------------------------
 
 @numba.njit(cache=True, **NJIT_OPTIONS)
-def argsort_rows(idx, nrows):
-    """A stable argsort of ``idx`` (values in ``[0, nrows)``): LSD radix sort.
+def sort_rows(idx, nrows):
+    """``(order, keys)``: a stable argsort of ``idx`` (values in ``[0, nrows)``) and
+    the sorted values, by an LSD radix sort of (key, position) pairs.
 
     Stable, so the lookups of one row keep their order (the order their gradient
-    rows are summed in).  Small inputs use an insertion sort.
+    rows are summed in).  The digit histograms of every pass are counted in one
+    read of ``idx``; each pass then reads its input in order and scatters keys and
+    positions.  Small inputs use an insertion sort.
     """
     n = idx.shape[0]
     order = np.arange(n)
-    if n < 2:
-        return order
+    keys = np.empty(n, np.int64)
+    for i in range(n):
+        keys[i] = idx[i]
     if n <= 32:
         for i in range(1, n):
-            o = order[i]
-            key = idx[o]
+            key = keys[i]
             k = i - 1
-            while k >= 0 and idx[order[k]] > key:
+            while k >= 0 and keys[k] > key:
+                keys[k + 1] = keys[k]
                 order[k + 1] = order[k]
                 k -= 1
-            order[k + 1] = o
-        return order
+            keys[k + 1] = key
+            order[k + 1] = i
+        return order, keys
     bits = 1
     while (1 << bits) < nrows:
         bits += 1
     passes = (bits + RADIX_BITS - 1) // RADIX_BITS
     width = (bits + passes - 1) // passes
     mask = (1 << width) - 1
-    count = np.empty((1 << width) + 1, np.int64)
-    tmp = np.empty(n, np.int64)
-    shift = 0
-    for _ in range(passes):
-        count[:] = 0
+    off = np.zeros((passes, 1 << width), np.int64)
+    for i in range(n):
+        key = keys[i]
+        for q in range(passes):
+            off[q, (key >> (q * width)) & mask] += 1
+    for q in range(passes):
+        total = 0
+        for d in range(1 << width):
+            c = off[q, d]
+            off[q, d] = total
+            total += c
+    keys2 = np.empty(n, np.int64)
+    order2 = np.empty(n, np.int64)
+    for q in range(passes):
+        shift = q * width
         for i in range(n):
-            count[((idx[order[i]] >> shift) & mask) + 1] += 1
-        for d in range(1, count.shape[0]):
-            count[d] += count[d - 1]
-        for i in range(n):
-            o = order[i]
-            d = (idx[o] >> shift) & mask
-            tmp[count[d]] = o
-            count[d] += 1
-        order, tmp = tmp, order
-        shift += width
-    return order
+            key = keys[i]
+            d = (key >> shift) & mask
+            pos = off[q, d]
+            off[q, d] = pos + 1
+            keys2[pos] = key
+            order2[pos] = order[i]
+        keys, keys2 = keys2, keys
+        order, order2 = order2, order
+    return order, keys
 
 
 @numba.njit(cache=True, **NJIT_OPTIONS)
 def coalesce(idx, nrows, nitems):
-    """``(order, starts, bounds)`` of a row-sparse call.
+    """``(order, starts, rows, bounds)`` of a row-sparse call.
 
     ``order``: the lookups sorted by row, stably; ``starts``: the segments of equal
-    rows (segment ``s`` is ``order[starts[s]:starts[s+1]]``); ``bounds``: the work
-    items (item ``c`` is segments ``bounds[c]:bounds[c+1]``), at most ``nitems`` of
-    them, split so that each holds about the same number of lookups plus
-    ``ROW_COST`` per segment.
+    rows (segment ``s`` is ``order[starts[s]:starts[s+1]]``, the lookups of row
+    ``rows[s]``); ``bounds``: the work items (item ``c`` is segments
+    ``bounds[c]:bounds[c+1]``), at most ``nitems`` of them, split so that each holds
+    about the same number of lookups plus ``ROW_COST`` per segment.
     """
     n = idx.shape[0]
-    order = argsort_rows(idx, nrows)
+    order, keys = sort_rows(idx, nrows)
     starts = np.empty(n + 1, np.int64)
+    rows = np.empty(n, np.int64)
     nseg = 0
     for i in range(n):
-        if i == 0 or idx[order[i]] != idx[order[i - 1]]:
+        if i == 0 or keys[i] != keys[i - 1]:
             starts[nseg] = i
+            rows[nseg] = keys[i]
             nseg += 1
     starts[nseg] = n
-    starts = starts[:nseg + 1]
     items = max(1, min(nitems, nseg))
     bounds = np.empty(items + 1, np.int64)
     bounds[0] = 0
@@ -158,7 +172,7 @@ def coalesce(idx, nrows, nitems):
             s += 1
         bounds[c] = s
     bounds[items] = nseg
-    return order, starts, bounds
+    return order, starts[:nseg + 1], rows[:nseg], bounds
 
 
 @numba.njit(inline="always", cache=False)
@@ -178,12 +192,11 @@ def grad_row(vals, order, a, z, buf):
 
 
 @numba.njit(inline="always", cache=False)
-def prefetch_rows(t, idx, order, starts, s, nseg):
+def prefetch_rows(t, rows, s):
     """Prefetch hints for the row of ``t`` that segment ``s + AHEAD`` updates."""
     s2 = s + AHEAD
-    if s2 < nseg:
-        r = idx[order[starts[s2]]]
-        prefetch_row(t[r], 0, t.shape[1])
+    if s2 < rows.shape[0]:
+        prefetch_row(t[rows[s2]], 0, t.shape[1])
 
 
 # --- the kernels ---------------------------------------------------------------------
@@ -192,17 +205,16 @@ def prefetch_rows(t, idx, order, starts, s, nseg):
 # they differ in the arrays they touch and the rule they call.
 
 def sparse_adam(p, m, v, idx, vals, nitems, s0, s1, s2, s3, s4):
-    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
-    nseg = starts.shape[0] - 1
+    order, starts, rows, bounds = coalesce(idx, p.shape[0], nitems)
     scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
     for c in prange(bounds.shape[0] - 1):
         buf = scratch[c]
         for s in range(bounds[c], bounds[c + 1]):
-            prefetch_rows(p, idx, order, starts, s, nseg)
-            prefetch_rows(m, idx, order, starts, s, nseg)
-            prefetch_rows(v, idx, order, starts, s, nseg)
+            prefetch_rows(p, rows, s)
+            prefetch_rows(m, rows, s)
+            prefetch_rows(v, rows, s)
             a, z = starts[s], starts[s + 1]
-            r = idx[order[a]]
+            r = rows[s]
             g = grad_row(vals, order, a, z, buf)
             pr, mr, vr = p[r], m[r], v[r]
             for j in range(g.shape[0]):
@@ -211,16 +223,15 @@ def sparse_adam(p, m, v, idx, vals, nitems, s0, s1, s2, s3, s4):
 
 
 def sparse_adagrad(p, sm, idx, vals, nitems, s0, s1, s2):
-    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
-    nseg = starts.shape[0] - 1
+    order, starts, rows, bounds = coalesce(idx, p.shape[0], nitems)
     scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
     for c in prange(bounds.shape[0] - 1):
         buf = scratch[c]
         for s in range(bounds[c], bounds[c + 1]):
-            prefetch_rows(p, idx, order, starts, s, nseg)
-            prefetch_rows(sm, idx, order, starts, s, nseg)
+            prefetch_rows(p, rows, s)
+            prefetch_rows(sm, rows, s)
             a, z = starts[s], starts[s + 1]
-            r = idx[order[a]]
+            r = rows[s]
             g = grad_row(vals, order, a, z, buf)
             pr, sr = p[r], sm[r]
             for j in range(g.shape[0]):
@@ -228,15 +239,14 @@ def sparse_adagrad(p, sm, idx, vals, nitems, s0, s1, s2):
 
 
 def sparse_sgd(p, idx, vals, nitems, s0, s1):
-    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
-    nseg = starts.shape[0] - 1
+    order, starts, rows, bounds = coalesce(idx, p.shape[0], nitems)
     scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
     for c in prange(bounds.shape[0] - 1):
         buf = scratch[c]
         for s in range(bounds[c], bounds[c + 1]):
-            prefetch_rows(p, idx, order, starts, s, nseg)
+            prefetch_rows(p, rows, s)
             a, z = starts[s], starts[s + 1]
-            r = idx[order[a]]
+            r = rows[s]
             g = grad_row(vals, order, a, z, buf)
             pr = p[r]
             for j in range(g.shape[0]):
@@ -245,15 +255,14 @@ def sparse_sgd(p, idx, vals, nitems, s0, s1):
 
 def rowwise_adagrad(p, st, idx, vals, nitems, s0, s1, s2, s3, s4):
     """``st``: 1-D, one value per row; scalars ``gsign, l2, neg_lr, eps, dim``."""
-    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
-    nseg = starts.shape[0] - 1
+    order, starts, rows, bounds = coalesce(idx, p.shape[0], nitems)
     scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
     for c in prange(bounds.shape[0] - 1):
         buf = scratch[c]
         for s in range(bounds[c], bounds[c + 1]):
-            prefetch_rows(p, idx, order, starts, s, nseg)
+            prefetch_rows(p, rows, s)
             a, z = starts[s], starts[s + 1]
-            r = idx[order[a]]
+            r = rows[s]
             g = grad_row(vals, order, a, z, buf)
             pr = p[r]
             sumsq = s4 - s4                # 0 in the state's dtype (dim is finite)
@@ -268,17 +277,16 @@ def rowwise_adagrad(p, st, idx, vals, nitems, s0, s1, s2, s3, s4):
 
 
 def lazy_adam(p, m, v, idx, vals, nitems, s0, s1, s2, s3, s4, s5, s6, s7, s8):
-    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
-    nseg = starts.shape[0] - 1
+    order, starts, rows, bounds = coalesce(idx, p.shape[0], nitems)
     scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
     for c in prange(bounds.shape[0] - 1):
         buf = scratch[c]
         for s in range(bounds[c], bounds[c + 1]):
-            prefetch_rows(p, idx, order, starts, s, nseg)
-            prefetch_rows(m, idx, order, starts, s, nseg)
-            prefetch_rows(v, idx, order, starts, s, nseg)
+            prefetch_rows(p, rows, s)
+            prefetch_rows(m, rows, s)
+            prefetch_rows(v, rows, s)
             a, z = starts[s], starts[s + 1]
-            r = idx[order[a]]
+            r = rows[s]
             g = grad_row(vals, order, a, z, buf)
             pr, mr, vr = p[r], m[r], v[r]
             for j in range(g.shape[0]):
@@ -288,18 +296,17 @@ def lazy_adam(p, m, v, idx, vals, nitems, s0, s1, s2, s3, s4, s5, s6, s7, s8):
 
 def lazy_adam_amsgrad(p, m, v, vmax, idx, vals, nitems, s0, s1, s2, s3, s4, s5, s6, s7,
                       s8):
-    order, starts, bounds = coalesce(idx, p.shape[0], nitems)
-    nseg = starts.shape[0] - 1
+    order, starts, rows, bounds = coalesce(idx, p.shape[0], nitems)
     scratch = np.empty((bounds.shape[0] - 1, vals.shape[1]), vals.dtype)
     for c in prange(bounds.shape[0] - 1):
         buf = scratch[c]
         for s in range(bounds[c], bounds[c + 1]):
-            prefetch_rows(p, idx, order, starts, s, nseg)
-            prefetch_rows(m, idx, order, starts, s, nseg)
-            prefetch_rows(v, idx, order, starts, s, nseg)
-            prefetch_rows(vmax, idx, order, starts, s, nseg)
+            prefetch_rows(p, rows, s)
+            prefetch_rows(m, rows, s)
+            prefetch_rows(v, rows, s)
+            prefetch_rows(vmax, rows, s)
             a, z = starts[s], starts[s + 1]
-            r = idx[order[a]]
+            r = rows[s]
             g = grad_row(vals, order, a, z, buf)
             pr, mr, vr, xr = p[r], m[r], v[r], vmax[r]
             for j in range(g.shape[0]):

@@ -59,10 +59,12 @@ class _StepMixin:
             True: every ``.grad`` becomes None, as in torch; the next backward
             makes fresh gradient tensors, which ``step()`` reads where they are
             (big ones, a kernel call each) or copies into the flat buffer (small
-            ones).  False: the flat gradient buffer is zeroed in one fill and every
-            ``.grad`` that is not None becomes (stays) its view of it, so the next
-            backward accumulates straight into the flat buffer and ``step()`` is
-            one kernel call per buffer.  A ``.grad`` that is None stays None.
+            ones).  False: the flat gradient buffer is zeroed (in one fill when every
+            ``.grad`` is bound to it) and every dense ``.grad`` that is not None
+            becomes (stays) its view of it, so the next backward accumulates
+            straight into the flat buffer and ``step()`` is one kernel call per
+            buffer.  A ``.grad`` that is None stays None; a sparse one stays sparse
+            and is zeroed, as in torch.
         """
         for b in self._buckets:
             if set_to_none:
@@ -70,15 +72,27 @@ class _StepMixin:
                     p.grad = None
                 continue
             grads = list(map(_grad_of, b.params))
-            if not all(map(_is, grads, b.gviews)):
-                for p, g, v in zip(b.params, grads, b.gviews):
-                    if g is not None and g is not v:
-                        if g.layout != torch.strided:    # as torch: a sparse one stays sparse
-                            with torch.no_grad():
-                                g.zero_()
-                        else:
-                            p.grad = v
-            b.grad.zero_()
+            if all(map(_is, grads, b.gviews)):
+                b.grad.zero_()
+                continue
+            dense = []
+            for p, g, v in zip(b.params, grads, b.gviews):
+                if g is not None and g.layout != torch.strided:   # as torch: a sparse
+                    with torch.no_grad():                          # gradient stays sparse
+                        g.zero_()
+                elif g is not None and g is not v:
+                    p.grad = v
+                dense.append(g is not None and g.layout == torch.strided)
+            # the slices of the bound gradients: those of a None or sparse gradient are
+            # not read (a sparse table's slice is never touched: no memory)
+            o, i, n = b.offsets, 0, len(dense)
+            while i < n:
+                j = i
+                while j < n and dense[j]:
+                    j += 1
+                if o[j] > o[i]:
+                    b.grad[o[i]:o[j]].zero_()
+                i = j + 1
 
     def step(self, closure=None):
         """Perform one optimization step: one fused kernel call per flat buffer.

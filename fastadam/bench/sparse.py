@@ -1,0 +1,240 @@
+r"""The row-sparse (embedding) section of ``fastadam bench`` (``fastadam bench --sparse``).
+
+One float32 embedding table per measurement (default: 1M x 64 with 8,192 lookups
+per step and 100K x 128 with 32,768), lookups drawn from a Zipf distribution
+(exponent :data:`ZIPF`, hot rows scattered over the table by a fixed permutation;
+about 1,800 distinct rows of 8,192 at 1M rows) or uniformly.  Each step's gradient
+is what ``nn.Embedding(sparse=True)`` hands the optimizer: an uncoalesced COO tensor
+with one row per lookup; :data:`BATCHES` different ones are cycled.  Every
+contender runs interleaved in one process (:func:`fastadam.bench.timing.interleave`):
+
+* ``torch SparseAdam``, ``torch Adagrad (sparse)``, ``torch SGD (sparse)``: the
+  ``step()`` of ``torch.optim.SparseAdam`` / ``Adagrad`` / ``SGD`` (for-loop path);
+* ``torch fused Adam (dense)``: ``torch.optim.Adam(fused=True)`` over the whole
+  table with a dense gradient (what the table costs when its gradient is dense);
+* ``row-traffic loop``: a plain compiled parallel loop over the *pre-deduplicated*
+  rows with their pre-summed gradient rows that moves exactly a row-sparse Adam
+  step's bytes (reads the gradient row and the table, ``exp_avg``, ``exp_avg_sq``
+  rows; writes the three; trivial math) -- no sorting, no summing of duplicates;
+* ``fastadam SparseAdam``, ``fastadam Adagrad (sparse)``, ``fastadam SGD (sparse)``,
+  ``fastadam RowWiseAdagrad``, ``fastadam Adam lazy``: the whole ``step()`` of the
+  fastadam.torch optimizer, coalescing included.
+
+Targets (issue 17) at 1M x 64, 8,192 Zipf lookups: fastadam SparseAdam >= 5x torch
+SparseAdam and >= 2x torch's sparse SGD, and within 1.2x of the row-traffic loop;
+fastadam's sparse Adagrad >= 5x torch's.
+
+See Also
+--------
+fastadam.kernels.cpu_sparse : the kernels measured here.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import sys
+
+import numpy as np
+
+from .._progress import Progress
+from .contenders import _fastadam_torch, _torch
+from .report import machine_info
+from .timing import _fmt_time, _label, interleave
+
+#: (rows, dim, lookups per step, distribution) of the default measurements
+TABLES = ((1 << 20, 64, 8192, "zipf"), (100_000, 128, 32768, "zipf"),
+          (1 << 20, 64, 8192, "uniform"))
+QUICK_TABLES = ((1 << 20, 64, 8192, "zipf"),)
+#: exponent of the Zipf lookups (numpy.random.Generator.zipf)
+ZIPF = 1.25
+#: distinct gradients cycled through the steps
+BATCHES = 4
+LR = 1e-3
+#: the targets: (contender, against, at least this many times faster) -- "row-traffic
+#: loop" is a ceiling: the contender's time at most 1.2x the loop's
+TARGETS = (("fastadam SparseAdam", "torch SparseAdam", 5.0),
+           ("fastadam SparseAdam", "torch SGD (sparse)", 2.0),
+           ("fastadam SparseAdam", "row-traffic loop", 1 / 1.2),
+           ("fastadam Adagrad (sparse)", "torch Adagrad (sparse)", 5.0))
+
+
+def lookups(rows: int, n: int, dist: str, rng, perm=None) -> np.ndarray:
+    """``n`` looked-up rows: Zipf ranks mapped through ``perm`` (hot rows scattered),
+    or uniform."""
+    if dist == "uniform":
+        return rng.integers(0, rows, n)
+    ranks = (rng.zipf(ZIPF, n) - 1) % rows
+    return ranks if perm is None else perm[ranks]
+
+
+_ROW_LOOP = None
+
+
+def _row_loop():
+    """The row-traffic loop (numba, compiled on first use, cached)."""
+    global _ROW_LOOP
+    if _ROW_LOOP is None:
+        import numba
+
+        @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+        def rows_adam_traffic(p, m, v, rows, g):
+            for k in numba.prange(rows.shape[0]):
+                r = rows[k]
+                for j in range(p.shape[1]):
+                    x = g[k, j]
+                    m[r, j] = m[r, j] + x
+                    v[r, j] = v[r, j] + x
+                    p[r, j] = p[r, j] - x
+        _ROW_LOOP = rows_adam_traffic
+    return _ROW_LOOP
+
+
+def _cycle(fn, items):
+    state = [0]
+
+    def step():
+        k = state[0]
+        state[0] = (k + 1) % len(items)
+        fn(items[k])
+    return step
+
+
+#: the torch.optim contenders: name -> (constructor of the optimizer, dense gradient?)
+PEERS = {
+    "torch SparseAdam": (lambda torch, ft, p: torch.optim.SparseAdam(p, lr=LR), False),
+    "torch Adagrad (sparse)": (lambda torch, ft, p: torch.optim.Adagrad(p, lr=LR), False),
+    "torch SGD (sparse)": (lambda torch, ft, p: torch.optim.SGD(p, lr=LR), False),
+    "torch fused Adam (dense)": (lambda torch, ft, p: torch.optim.Adam(p, lr=LR, fused=True),
+                                 True),
+}
+#: fastadam's contenders, the same way
+FASTADAM = {
+    "fastadam SparseAdam": (lambda torch, ft, p: ft.SparseAdam(p, lr=LR), False),
+    "fastadam Adagrad (sparse)": (lambda torch, ft, p: ft.Adagrad(p, lr=LR), False),
+    "fastadam SGD (sparse)": (lambda torch, ft, p: ft.SGD(p, lr=LR), False),
+    "fastadam RowWiseAdagrad": (lambda torch, ft, p: ft.RowWiseAdagrad(p, lr=LR), False),
+    "fastadam Adam lazy": (lambda torch, ft, p: ft.Adam(p, lr=LR, sparse_grads="lazy"), False),
+}
+
+
+def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = True,
+               seed: int = 0, only=None) -> dict:
+    """``name -> fn`` (one step each) for a ``rows x dim`` float32 table, ``n`` lookups
+    (``only``: just these names; each contender has tables of its own)."""
+    torch = _torch()
+    ft = _fastadam_torch()
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(rows)
+    idx = [lookups(rows, n, dist, rng, perm) for _ in range(BATCHES)]
+    vals = [(rng.standard_normal((n, dim), dtype=np.float32) * 0.01) for _ in range(BATCHES)]
+    base = rng.standard_normal((rows, dim), dtype=np.float32)
+    want = (lambda name: only is None or name in only)
+    out = {}
+    if want("row-traffic loop"):
+        # over pre-deduplicated rows with pre-summed gradient rows
+        uniq = []
+        for i, x in zip(idx, vals):
+            r, inv = np.unique(i, return_inverse=True)
+            g = np.zeros((r.size, dim), np.float32)
+            np.add.at(g, inv.reshape(-1), x)
+            uniq.append((r, g))
+        tables = [base.copy(), np.zeros_like(base), np.zeros_like(base)]
+        loop = _row_loop()
+        out["row-traffic loop"] = _cycle(lambda rg: loop(*tables, rg[0], rg[1]), uniq)
+    if torch is None:
+        return out
+    grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(x),
+                                     (rows, dim)) for i, x in zip(idx, vals)]
+    dense = []
+    makers = dict(PEERS if peers else {})
+    if ft is not None and hasattr(ft, "SparseAdam"):
+        makers.update(FASTADAM)
+    for name, (make, is_dense) in makers.items():
+        if not want(name):
+            continue
+        w = torch.nn.Parameter(torch.from_numpy(base.copy()))
+        opt = make(torch, ft, [w])
+        if is_dense and not dense:
+            dense.append(torch.from_numpy(
+                rng.standard_normal((rows, dim), dtype=np.float32) * 0.01))
+
+        def step(g, w=w, opt=opt, d=dense[0] if is_dense else None):
+            w.grad = g if d is None else d
+            opt.step()
+        out[name] = _cycle(step, grads)
+    return out
+
+
+def summarize(rows: int, dim: int, n: int, dist: str, times: dict, distinct: float) -> dict:
+    """The measurement as a dict: times, speed-ups over torch SparseAdam, the targets."""
+    ref = times.get("torch SparseAdam")
+    res = {"rows": rows, "dim": dim, "lookups": n, "dist": dist, "distinct_rows": distinct,
+           "times_s": times,
+           "vs_torch_sparse_adam": {k: ref / t for k, t in times.items()} if ref else None,
+           "targets": []}
+    for a, b, want in TARGETS:
+        if a in times and b in times:
+            ratio = times[b] / times[a]
+            res["targets"].append({"contender": a, "against": b, "ratio": ratio,
+                                   "target": want, "met": ratio >= want})
+    return res
+
+
+def format_section(results: list, stat: str) -> str:
+    lines = [f"Row-sparse steps, float32 ({stat} of interleaved rounds; whole step())"]
+    for r in results:
+        lines.append("")
+        lines.append(f"{_label(r['rows'])} x {r['dim']} table, {r['lookups']:,} {r['dist']} "
+                     f"lookups per step (~{r['distinct_rows']:,.0f} distinct rows)")
+        lines.append(f"  {'contender':<28} {'time':>11} {'vs torch SparseAdam':>20}")
+        for name, t in sorted(r["times_s"].items(), key=lambda kv: kv[1]):
+            vs = r["vs_torch_sparse_adam"]
+            vs = f"{vs[name]:.2f}x" if vs else "-"
+            lines.append(f"  {name:<28} {_fmt_time(t)} {vs:>20}")
+        for tg in r["targets"]:
+            if tg["against"] == "row-traffic loop":
+                desc = (f"  {tg['contender']} / {tg['against']}: {1 / tg['ratio']:.2f}x the "
+                        f"time (target <= {1 / tg['target']:.2f}x)")
+            else:
+                desc = (f"  {tg['contender']} vs {tg['against']}: {tg['ratio']:.2f}x faster "
+                        f"(target >= {tg['target']:.0f}x)")
+            lines.append(desc + ("  met" if tg["met"] else "  NOT met"))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """``fastadam bench --sparse``: the tables of :data:`TABLES` (``--quick``: the first)."""
+    import warnings
+    warnings.filterwarnings("ignore", "Sparse invariant checks")    # torch's, once per run
+    stat_name = getattr(args, "stat", "median")
+    stat = {"median": statistics.median, "min": min}[stat_name]
+    quick = getattr(args, "quick", False)
+    rounds = args.rounds or (3 if quick else 7)
+    batch_time = args.batch_time or (0.02 if quick else 0.1)
+    tables = QUICK_TABLES if quick else TABLES
+    progress = Progress(len(tables) * rounds, enabled=not getattr(args, "no_progress", False))
+    results = []
+    try:
+        for rows, dim, n, dist in tables:
+            progress.tick(f"{_label(rows)} x {dim}, {n} {dist}: preparing")
+            rng = np.random.default_rng(0)
+            perm = rng.permutation(rows)
+            distinct = float(np.mean([np.unique(lookups(rows, n, dist, rng, perm)).size
+                                      for _ in range(BATCHES)]))
+            cont = contenders(rows, dim, n, dist, peers=not getattr(args, "no_peers", False))
+            times = interleave(cont, rounds, batch_time, progress, stat)
+            results.append(summarize(rows, dim, n, dist, times, distinct))
+            del cont
+            gc.collect()
+    finally:
+        progress.close()
+    print(format_section(results, stat_name))
+    if getattr(args, "json", None):
+        with open(args.json, "w") as f:
+            json.dump({"sparse": results, "meta": dict(machine_info(), rounds=rounds,
+                                                      batch_time=batch_time, stat=stat_name)},
+                      f, indent=1)
+        print(f"\nresults written to {args.json}", file=sys.stderr)
+    return 0
