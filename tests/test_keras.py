@@ -28,6 +28,7 @@ KERAS_CASES = [
     ("Adam", dict(clipvalue=0.3)),
     ("Adam", dict(global_clipnorm=0.5)),
     ("Adam", dict(loss_scale_factor=128.0)),
+    ("SGD", dict(loss_scale_factor=32.0, clipvalue=0.01)),   # unscaled once, then clipped
     ("AdamW", {}),
     ("AdamW", dict(learning_rate=0.01, weight_decay=0.05, amsgrad=True)),
     ("RMSprop", {}),

@@ -129,7 +129,7 @@ def test_optimizer_variables_as_keras_makes_them(name):
         opt.build(m.trainable_variables)
         got.append([(v.path, v.shape, v.dtype, v.numpy().tolist()) for v in opt.variables])
     if name == "Nadam":   # Keras' u_product is an unnamed "variable"; ours "opt/u_product"
-        assert (got[0][-1][0], got[1][-1][0]) == ("opt/u_product", "variable")
+        assert got[0][-1][0] == "opt/u_product" and got[1][-1][0].startswith("variable")
         got = [[v[1:] for v in vs] for vs in got]
     assert got[0] == got[1]
 

@@ -35,6 +35,11 @@ class KerasStepMixin:
         if tv is None:
             from . import _torch_views as tv
             type(self)._tv = tv
+        # under torch.compile (fit(jit_compile=True)) the step runs eagerly: a graph break
+        return tv.eager(self._keras_step, grads, variables)
+
+    def _keras_step(self, grads, variables):
+        tv = self._tv
         grads = list(grads)
         if not grads:
             return

@@ -45,6 +45,15 @@ PACK_MAX = 4096
 _NP = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
+def _call(f, *args):
+    return f(*args)
+
+
+#: ``eager(f, *args)`` calls ``f(*args)``, outside any torch.compile graph (TorchDynamo
+#: cannot trace NumPy views of tensors nor numba kernels: it breaks the graph here)
+eager = torch.compiler.disable(_call)
+
+
 def tensor(v):
     """The torch tensor holding Keras variable ``v``'s storage (not an autocast copy)."""
     t = getattr(v, "_value", None)

@@ -159,7 +159,13 @@ class GradientTransformMixin:
                 raise ValueError(f"Invalid loss_scale_factor: {loss_scale_factor} (must be > 0)")
 
     def _grad_scales(self, pairs):
-        """Per-pair gradient multipliers: 1/loss_scale_factor and the norm clipping."""
+        """Per-pair gradient multipliers: 1/loss_scale_factor and the norm clipping.
+
+        With ``clipvalue`` the multiplier is 1: :meth:`_clip_values` unscales
+        before it clips (Keras' order), so the kernel must not unscale again.
+        """
+        if self.clipvalue:
+            return [1.0] * len(pairs)
         base = 1.0 / self.loss_scale_factor if self.loss_scale_factor else 1.0
         if self.clipnorm:
             out = []
