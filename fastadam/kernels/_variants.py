@@ -8,18 +8,116 @@ on-disk cache.  numba names cache files after a function's qualified name and
 only checks the timestamp of the file that holds it, so each variant is a
 renamed copy of the loop whose name carries ``key``: a hash of the rule sources
 and compile flags the loop inlines (edit a rule, and new cache entries are made).
+
+The process model (threads, fork) lives here too, for every kernel module:
+
+* :func:`use_parallel` says whether a call over ``n`` elements takes the parallel
+  variant: ``n >= PARALLEL_THRESHOLD``, numba allowed more than one thread
+  (``NUMBA_NUM_THREADS``), and not in a forked child of a process whose thread pool
+  had started (a child then runs the serial variants: an OpenMP pool does not
+  survive ``fork``; torch's own ops do the same);
+* parallel launches go through :meth:`KernelVariants.call` or an entry point from
+  :meth:`KernelVariants.entry`: where numba's threading layer is not thread-safe
+  (``workqueue``, numba's fallback where no OpenMP or TBB runtime is present, which
+  aborts the process when two threads launch at once) they are serialized by a
+  lock; an entry point bound before a ``fork`` runs its serial twin in the child.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+import threading
 import types
 
 import numba
 
+from .._config import PARALLEL_THRESHOLD
+
 #: numba options every kernel variant is compiled with (besides parallel/fastmath);
 #: they are part of the cache key, so editing them never loads stale cached code.
 NJIT_OPTIONS = {"nogil": True, "error_model": "numpy", "boundscheck": False}
+
+#: numba's threading layer, once a parallel variant has been made (None before).
+_layer = None
+#: Serializes parallel launches where the threading layer is not thread-safe.
+_lock = None
+#: True in a forked child of a process whose thread pool had started.
+_forked = False
+#: Whether parallel variants may run at all: numba has more than one thread, not forked.
+_parallel_ok = numba.config.NUMBA_NUM_THREADS > 1
+_layer_lock = threading.Lock()
+
+
+def use_parallel(n: int) -> bool:
+    """Whether a call over ``n`` elements runs a parallel variant (see the module doc)."""
+    return _parallel_ok and n >= PARALLEL_THRESHOLD
+
+
+def threading_layer():
+    """numba's threading layer, starting its thread pool if that has not happened yet
+    (what the first parallel launch would do), and the lock parallel launches then
+    take: a :class:`threading.Lock` for ``workqueue``, None for ``omp`` and ``tbb``."""
+    global _layer, _lock
+    if _layer is None:
+        with _layer_lock:
+            if _layer is None:
+                from numba.np.ufunc import parallel
+                parallel._launch_threads()
+                _lock = threading.Lock() if numba.threading_layer() == "workqueue" else None
+                _layer = numba.threading_layer()
+    return _layer, _lock
+
+
+def _pool_started() -> bool:
+    """Whether numba's thread pool has started in this process (by fastadam or not)."""
+    if _layer is not None:
+        return True
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(getattr(par, "_is_initialized", False))
+
+
+def _after_fork_in_child():
+    global _forked, _lock, _parallel_ok
+    if _pool_started():          # the parent's pool had started: serial from now on
+        _forked = True
+        _parallel_ok = False
+        _lock = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _launch(f, args):
+    lock = _lock
+    if lock is None:
+        return f(*args)
+    with lock:
+        return f(*args)
+
+
+class _GuardedEntry:
+    """A parallel variant's compiled entry point that takes the launch lock where the
+    layer needs one and, in a forked child, runs the serial variant's entry point for
+    the same signature instead (compiled on first use there)."""
+
+    __slots__ = ("entry", "serial", "make_serial")
+
+    def __init__(self, entry, make_serial):
+        self.entry, self.serial, self.make_serial = entry, None, make_serial
+
+    def __call__(self, *args):
+        if _forked:
+            if self.serial is None:
+                self.serial = self.make_serial()
+            return self.serial(*args)
+        lock = _lock
+        if lock is None:
+            return self.entry(*args)
+        with lock:
+            return self.entry(*args)
 
 
 class KernelVariants:
@@ -77,9 +175,31 @@ class KernelVariants:
         return src
 
     def get(self, name: str, parallel: bool):
-        """The dispatcher of loop ``name`` (created lazily, compiled on first call)."""
+        """The dispatcher of loop ``name`` (created lazily, compiled on first call).
+
+        Calling a parallel dispatcher directly bypasses the process model: launch
+        through :meth:`call` or an :meth:`entry`."""
         key = (name, parallel)
         k = self.compiled.get(key)
         if k is None:
+            if parallel:
+                threading_layer()
             k = self.compiled[key] = self.make(name, parallel)
         return k
+
+    def call(self, name: str, parallel: bool, *args):
+        """Run loop ``name`` (variant ``parallel``, as :func:`use_parallel` chose it) on
+        ``args``; a parallel launch takes the layer's lock, if it needs one."""
+        if parallel and not _forked:
+            return _launch(self.get(name, True), args)
+        return self.get(name, False)(*args)
+
+    def entry(self, name: str, parallel: bool, sig):
+        """The entry point of loop ``name`` compiled for ``sig`` (numba types of the
+        arguments): called with those arguments, it skips numba's type dispatch.  A
+        parallel variant's entry point is wrapped (:class:`_GuardedEntry`) so that it
+        stays safe across threads and ``fork``."""
+        if not parallel or _forked:
+            return self.get(name, False).compile(sig)
+        return _GuardedEntry(self.get(name, True).compile(sig),
+                             lambda: self.get(name, False).compile(sig))

@@ -24,9 +24,9 @@ import numba
 from numba import prange
 
 from .. import rules as _rules
-from .._config import FASTMATH, PARALLEL_THRESHOLD
+from .._config import FASTMATH
 from . import _blocked
-from ._variants import KernelVariants
+from ._variants import KernelVariants, use_parallel
 from ..rules import adadelta as _adadelta_r
 from ..rules import adagrad as _adagrad_r
 from ..rules import adam as _adam_r
@@ -166,14 +166,11 @@ def bind(name: str, arrays, scalars):
     ``dtype.type`` does.  The caller must have checked the arrays (1-D,
     C-contiguous, one dtype, writeable, not overlapping): nothing is checked per call.
     """
-    n = arrays[0].shape[0]
-    disp = get(name, n >= PARALLEL_THRESHOLD)
     sig = tuple(numba.typeof(a) for a in arrays) + tuple(numba.typeof(s) for s in scalars)
-    entry = disp.compile(sig)
+    entry = _variants.entry(name, use_parallel(arrays[0].shape[0]), sig)
     return functools.partial(entry, *arrays)
 
 
 def run(name: str, arrays, scalars) -> None:
     """Run kernel ``name`` on 1-D contiguous ``arrays`` with the given scalars."""
-    n = arrays[0].shape[0]
-    get(name, n >= PARALLEL_THRESHOLD)(*arrays, *scalars)
+    _variants.call(name, use_parallel(arrays[0].shape[0]), *arrays, *scalars)

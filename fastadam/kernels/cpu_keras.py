@@ -21,8 +21,8 @@ import numba
 from numba import prange
 
 from .. import rules as _rules
-from .._config import FASTMATH, PARALLEL_THRESHOLD
-from ._variants import KernelVariants
+from .._config import FASTMATH
+from ._variants import KernelVariants, use_parallel
 from ..rules import keras as _k
 
 
@@ -112,5 +112,4 @@ get = _variants.get
 
 def run(name: str, arrays, scalars) -> None:
     """Run Keras kernel ``name`` on 1-D contiguous ``arrays`` with the given scalars."""
-    n = arrays[0].shape[0]
-    get(name, n >= PARALLEL_THRESHOLD)(*arrays, *scalars)
+    _variants.call(name, use_parallel(arrays[0].shape[0]), *arrays, *scalars)

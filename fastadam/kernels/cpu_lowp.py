@@ -74,12 +74,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .. import rules as _rules
-from .._config import FASTMATH, PARALLEL_THRESHOLD
+from .._config import FASTMATH
 from ..rules import adam as _adam_r
 from ..rules import codecs as _codecs_r
 from . import _blocked
 from ._blocked import k_prefetch, prefetch_ahead
-from ._variants import KernelVariants
+from ._variants import KernelVariants, use_parallel
 
 INT8_BLOCK = _codecs_r.INT8_BLOCK
 #: Parallel work items per thread in the int8 kernel (each allocates one 2 KiB scratch).
@@ -572,6 +572,7 @@ _variants = KernelVariants(
     globals(), _HASH, lambda name: _REDUCE_FASTMATH if name == "grad_sumsq" else FASTMATH,
     parallel_source=_parallel_loop)
 get = _variants.get
+entry = _variants.entry
 
 
 def run(name: str, arrays, scalars):
@@ -579,11 +580,10 @@ def run(name: str, arrays, scalars):
 
     ``adam_int8`` gets its work-item count (``nwork``) prepended here.
     """
-    n = arrays[0].shape[0]
-    par = n >= PARALLEL_THRESHOLD
+    par = use_parallel(arrays[0].shape[0])
     if name == "adam_int8":
         scalars = (work_items(par),) + tuple(scalars)
-    return get(name, par)(*arrays, *scalars)
+    return _variants.call(name, par, *arrays, *scalars)
 
 
 def work_items(parallel: bool) -> int:

@@ -46,12 +46,12 @@ from numba import types as nbt
 from numba.extending import intrinsic
 
 from .. import rules as _rules
-from .._config import FASTMATH, PARALLEL_THRESHOLD
+from .._config import FASTMATH
 from ..rules import codecs as _codecs_r
 from ..rules import param_codecs as _pc
 from . import _blocked
 from ._blocked import k_line, prefetch_ahead
-from ._variants import KernelVariants
+from ._variants import KernelVariants, use_parallel
 from .cpu_lowp import bits_f32, k_absbits_max, k_hash_index, k_hash_next, r_adam_t
 
 INT8_BLOCK = _codecs_r.INT8_BLOCK
@@ -365,9 +365,9 @@ _variants = KernelVariants(
     globals(), _HASH, lambda name: _REDUCE_FASTMATH if "sumsq" in name else FASTMATH,
     KERNEL_NAMES)
 get = _variants.get
+entry = _variants.entry
 
 
 def run(name: str, arrays, scalars):
     """Run kernel ``name`` on 1-D contiguous ``arrays`` with the given scalars."""
-    par = arrays[0].shape[0] >= PARALLEL_THRESHOLD
-    return get(name, par)(*arrays, *scalars)
+    return _variants.call(name, use_parallel(arrays[0].shape[0]), *arrays, *scalars)

@@ -16,7 +16,6 @@ import numpy as np
 
 from .. import _backends, _scalars
 from .. import _validate as _v
-from .._config import PARALLEL_THRESHOLD
 from . import master as _master
 from .step import step_arrays
 from .transforms import _f32_stats, _transform_scalars, clip_coef, grad_stats
@@ -85,11 +84,11 @@ class StateBackend:
         if self.state_dtype == "float32" or p.dtype != np.float32:
             return None
         from ..kernels import cpu_lowp
-        par = p.shape[0] >= PARALLEL_THRESHOLD
+        par = cpu_lowp.use_parallel(p.shape[0])
         if self.state_dtype == "bfloat16":
             arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"])
-            entry = cpu_lowp.get("adam_bf16", par).compile(
-                tuple(map(numba.typeof, arrs)) + (u32, u32, f32, f32) + scal_t)
+            entry = cpu_lowp.entry("adam_bf16", par,
+                                   tuple(map(numba.typeof, arrs)) + (u32, u32, f32, f32) + scal_t)
 
             def f(hp):
                 entry(*arrs, *_scalars.kernel_scalars("adam_bf16", hp, _scalars.PythonFloats,
@@ -97,8 +96,8 @@ class StateBackend:
             return f
         arrs = (p, arrays["grad"], arrays["exp_avg"], arrays["exp_avg_scale"],
                 arrays["exp_avg_sq"], arrays["exp_avg_sq_scale"])
-        entry = cpu_lowp.get("adam_int8", par).compile(
-            tuple(map(numba.typeof, arrs)) + (numba.intp, f32, f32, f32) + scal_t)
+        entry = cpu_lowp.entry(
+            "adam_int8", par, tuple(map(numba.typeof, arrs)) + (numba.intp, f32, f32, f32) + scal_t)
 
         def f(hp):
             entry(*arrs, cpu_lowp.work_items(par),
@@ -119,8 +118,9 @@ class StateBackend:
         arrs = (_master._bits(p), g if g.dtype == np.float32 else _master._bits(g),
                 arrays["master_param"], arrays["exp_avg"], arrays["exp_avg_sq"])
         u32, f32 = numba.uint32, numba.float32
-        entry = cpu_master.get("master_f16" if fmt == "float16" else "master_bf16",
-                               arrs[0].shape[0] >= PARALLEL_THRESHOLD).compile(
+        entry = cpu_master.entry(
+            "master_f16" if fmt == "float16" else "master_bf16",
+            cpu_master.use_parallel(arrs[0].shape[0]),
             tuple(map(numba.typeof, arrs)) + (u32, u32, u32, numba.boolean, f32, f32) + scal_t)
         sr = self.param_rounding == "stochastic"
 

@@ -146,10 +146,10 @@ def _bound_sumsq(g):
     :func:`fastadam.kernels.cpu.bind`)."""
     key = (g.shape[0] >= PARALLEL_THRESHOLD, g.flags.writeable)
     f = _SUMSQ_ENTRIES.get(key)
-    if f is None:
+    if f is None:       # a parallel entry point runs serially in a forked child (its guard)
         import numba
 
         from ..kernels import cpu_lowp
-        f = _SUMSQ_ENTRIES[key] = cpu_lowp.get("grad_sumsq", key[0]).compile(
-            (numba.typeof(g), numba.float32, numba.float32, numba.boolean))
+        f = _SUMSQ_ENTRIES[key] = cpu_lowp.entry(
+            "grad_sumsq", key[0], (numba.typeof(g), numba.float32, numba.float32, numba.boolean))
     return f
