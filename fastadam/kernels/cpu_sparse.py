@@ -44,9 +44,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._config import FASTMATH, PARALLEL_THRESHOLD
+from .._config import FASTMATH
 from . import _blocked
-from ._variants import NJIT_OPTIONS, KernelVariants
+from ._variants import NJIT_OPTIONS, KernelVariants, use_parallel
 from ..rules import adam as _adam_r
 from ..rules import sparse as _sparse_r
 
@@ -348,5 +348,5 @@ def run(name: str, tables, indices, values, scalars) -> None:
     n = indices.shape[0]
     if n == 0 or values.shape[1] == 0:
         return
-    par = n * values.shape[1] >= PARALLEL_THRESHOLD
-    get(name, par)(*tables, indices, values, work_items(par), *scalars)
+    par = use_parallel(n * values.shape[1])
+    _variants.call(name, par, *tables, indices, values, work_items(par), *scalars)
