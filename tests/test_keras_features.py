@@ -311,3 +311,52 @@ def test_jit_compile_runs_the_step_eagerly():
         out.append([v.numpy() for v in m.weights])
     for a, b in zip(*out):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# -- the seed's example ---------------------------------------------------------------
+
+def test_keras_seed_example():
+    """examples/keras_seed.py runs as a user runs it: the loss goes down, the weights
+    agree with keras.optimizers.Adam's, and both epoch times are printed."""
+    import re
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="torch", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, os.path.join(root, "examples", "keras_seed.py")],
+                         capture_output=True, text=True, timeout=300, env=env,
+                         cwd=os.path.join(root, "examples"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+
+    def number(label):
+        m = re.search("^" + re.escape(label) + r":\s*([-+0-9.eE]+)\s*$", text, re.M)
+        assert m, f"no {label!r} line in:\n{text}"
+        return float(m.group(1))
+    assert number("final loss") < 0.5 * number("initial loss")
+    assert number("max |fastadam - keras.optimizers.Adam| over all weights, relative") < 1e-4
+    assert re.search(r"^keras.optimizers.Adam: [0-9.]+ ms per epoch", text, re.M)
+    assert re.search(r"^fastadam.keras.Adam: [0-9.]+ ms per epoch", text, re.M)
+
+
+# -- fastadam bench --keras -------------------------------------------------------------
+
+def test_bench_keras_flag_and_contenders():
+    import argparse
+
+    from fastadam.bench import add_arguments
+    from fastadam.bench import keras as kb
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--keras", "--quick"]).keras
+    cont = kb.fit_contenders(keras, "seed", ("Adam", "SGD"), batches=2)
+    assert sorted(cont) == ["fastadam Adam", "fastadam SGD", "keras Adam", "keras SGD"]
+    for fn in cont.values():
+        fn()
+    rows = kb._rows("fit", "seed", {"keras Adam": 2.0, "fastadam Adam": 1.0,
+                                    "keras SGD": 0.5}, 2)
+    assert kb.speedups(rows) == [("seed", "Adam", 1.0, 0.5, 2.0)]
+    text = kb.format_report(rows, "median", 3)
+    assert "seed       Adam" in text and "2.00x" in text
+    assert "target: fit() seed Adam >= 1.0x keras: 2.00x (met)" in text

@@ -85,8 +85,10 @@ def _data(widths, batch, batches, seed=0):
     return x, y
 
 
-def fit_contenders(keras, model, names, batches=None) -> dict:
-    """``label -> fn`` (one epoch of ``fit()``) for ``model`` and each optimizer."""
+def fit_contenders(keras, model, names, batches=None, only=None) -> dict:
+    """``label -> fn`` (one epoch of ``fit()``, ``batches`` steps) for ``model`` and
+    each optimizer of ``names``: ``"keras X"``, ``"fastadam X"`` and ``"keras SGD"``
+    (or only the contender labelled ``only``)."""
     import fastadam.keras as FK
     widths, batch, loss, nb = MODELS[model]
     nb = batches or nb
@@ -98,6 +100,8 @@ def fit_contenders(keras, model, names, batches=None) -> dict:
     pairs += [(f"fastadam {n}", getattr(FK, n)) for n in names]
     if "SGD" not in names:
         pairs.append(("keras SGD", keras.optimizers.SGD))
+    if only is not None:
+        pairs = [(label, cls) for label, cls in pairs if label == only]
     for label, cls in pairs:
         m = _model(keras, widths, w0)
         m.compile(loss=loss, optimizer=cls())

@@ -79,6 +79,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sparse", action="store_true",
                         help="only the row-sparse (embedding) table: torch SparseAdam / "
                              "Adagrad / SGD against fastadam's (fastadam.bench.sparse)")
+    parser.add_argument("--keras", action="store_true",
+                        help="only the Keras table (torch backend): fit() step time with "
+                             "each keras.optimizers.X against its fastadam.keras twin, on "
+                             "the seed's model and an ~8M-param MLP (fastadam.bench.keras)")
 
 
 
@@ -104,6 +108,9 @@ def run(args) -> int:
     if args.sparse:
         from .sparse import run as run_sparse
         return run_sparse(args)
+    if args.keras:
+        from .keras import run as run_keras
+        return run_keras(args)
     quick = args.quick
     stat = {"median": statistics.median, "min": min}[args.stat]
     sizes = args.sizes or list(QUICK_SIZES if quick else DEFAULT_SIZES)

@@ -1,4 +1,4 @@
-r"""Keras-style optimizers on NumPy arrays: Keras 3's names, defaults and math.
+r"""Keras 3's optimizers -- names, defaults and math -- inside Keras or on NumPy arrays.
 
 ``fastadam.keras`` offers :class:`Adam`, :class:`AdamW`, :class:`RMSprop`,
 :class:`Adagrad`, :class:`SGD`, :class:`Adadelta`, :class:`Nadam` and
@@ -8,6 +8,19 @@ r"""Keras-style optimizers on NumPy arrays: Keras 3's names, defaults and math.
     opt = fastadam.keras.Adam(learning_rate=0.001, beta_1=0.9, beta_2=0.999,
                               epsilon=1e-8, decay=0.0)
     opt.apply_gradients(zip(grads, variables))   # NumPy arrays, updated in place
+
+With Keras imported (Keras 3, torch backend), an optimizer made here is a Keras
+optimizer too (its class derives from ``keras.optimizers.Optimizer``), so Keras
+takes it wherever it takes its own::
+
+    model.compile(loss="binary_crossentropy",
+                  optimizer=fastadam.keras.Adam(learning_rate=0.001))
+    model.fit(x, y)                              # fastadam's kernels, Keras' results
+
+(``fit``, custom loops with ``apply`` / ``apply_gradients`` on Keras variables,
+``model.save`` / ``load_model``, schedules, clipping, ``loss_scale_factor``,
+mixed precision; see docs/keras.md).  On another Keras backend the first step
+on Keras variables raises :class:`fastadam._errors.BackendUnavailableError`.
 
 Keras' math differs from torch.optim's, and it is Keras' that is used here:
 Adam's "epsilon hat" form (``lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``,
@@ -60,6 +73,16 @@ The public names are re-exported here; the code lives in:
 * :mod:`fastadam.keras._common`: what the optimizer classes share: the kernel
   runners (looked up at call time), hyperparameter checks, the docstring of
   the common arguments;
+* :mod:`fastadam.keras._bridge`: whether Keras is loaded (never importing it),
+  and the class an optimizer is made as;
+* :mod:`fastadam.keras._in_keras` (imported once Keras is loaded): the Keras-side
+  classes (``twin``): Keras' construction, ``build`` (state as Keras
+  variables), ``apply`` / ``apply_gradients``, ``get_config``, registration;
+* :mod:`fastadam.keras._keras_step`: one step on Keras variables (Keras' apply
+  protocol around fastadam's kernels);
+* :mod:`fastadam.keras._torch_views` (imported at the first step on Keras'
+  torch backend): the checks and the NumPy views of the torch storage, the
+  small variables packed into flat buffers;
 * one module per optimizer, each with its defaults, hyperparameters and
   update rule (kernel plan and NumPy step): :mod:`~fastadam.keras.adam`
   (:class:`Adam`, :class:`AdamW`), :mod:`~fastadam.keras.rmsprop`,
@@ -67,9 +90,9 @@ The public names are re-exported here; the code lives in:
   :mod:`~fastadam.keras.adadelta`, :mod:`~fastadam.keras.nadam`,
   :mod:`~fastadam.keras.adamax`.
 
-Neither Keras nor torch is imported by this package; numba only when the
-numba backend is asked for (``backend="numba"`` when the optimizer is made,
-``"auto"`` at its first step).
+Importing this package imports neither Keras nor torch (Keras is used only once
+the user has imported it); numba only when the numba backend is asked for
+(``backend="numba"`` when the optimizer is made, ``"auto"`` at its first step).
 """
 
 from . import _bridge
