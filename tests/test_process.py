@@ -163,3 +163,36 @@ def test_forked_child_steps_and_parent_goes_on(layer):
 def test_fastadam_torch_in_a_forked_child(layer):
     pytest.importorskip("torch")
     _run(TORCH_FORK, layer)
+
+
+THREADS_FOLLOW = textwrap.dedent("""
+    import numba
+    import numpy as np
+    import torch
+    import fastadam.torch as fat
+
+    p0 = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0))
+    results = []
+    for nt in (1, 2, 1):
+        torch.set_num_threads(nt)
+        p = torch.nn.Parameter(p0.clone())
+        opt = fat.Adam([p], lr=1e-2)
+        for _ in range(2):
+            p.grad = torch.full_like(p, 0.5)
+            opt.step()
+            assert numba.get_num_threads() == min(nt, numba.config.NUMBA_NUM_THREADS), nt
+            assert torch.get_num_threads() == nt, (nt, torch.get_num_threads())
+        results.append(p.detach().numpy().copy())
+    assert all(np.array_equal(results[0], r) for r in results)
+    print("OK")
+""")
+
+
+def test_fastadam_torch_follows_torch_threads():
+    """fastadam.torch's kernels run with torch.get_num_threads() threads (1 in a DataLoader
+    worker), with the same bits whatever the count; and torch's own thread count stays as the
+    user set it (``numba.set_num_threads`` before numba's pool has started resets the
+    process's OpenMP count, which torch reads: fastadam starts the pool first and keeps
+    torch's count)."""
+    pytest.importorskip("torch")
+    _run(THREADS_FOLLOW, "default")

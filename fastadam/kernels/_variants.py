@@ -55,6 +55,16 @@ def use_parallel(n: int) -> bool:
     return _parallel_ok and n >= PARALLEL_THRESHOLD
 
 
+def set_threads(n: int) -> int:
+    """Let the calling thread's parallel launches use ``n`` threads (numba's
+    ``set_num_threads``, ``n`` clipped to ``[1, NUMBA_NUM_THREADS]``); returns that count.
+    fastadam.torch calls it with ``torch.get_num_threads()``."""
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    threading_layer()            # start the pool first, keeping torch's thread count
+    numba.set_num_threads(n)
+    return n
+
+
 def threading_layer():
     """numba's threading layer, starting its thread pool if that has not happened yet
     (what the first parallel launch would do), and the lock parallel launches then
@@ -64,7 +74,14 @@ def threading_layer():
         with _layer_lock:
             if _layer is None:
                 from numba.np.ufunc import parallel
+
+                # starting numba's OpenMP pool can reset the process's OpenMP thread
+                # count, which torch's own ops read: keep the count the user gave torch
+                torch = sys.modules.get("torch")
+                nt = torch.get_num_threads() if torch is not None else None
                 parallel._launch_threads()
+                if nt is not None and torch.get_num_threads() != nt:
+                    torch.set_num_threads(nt)
                 _lock = threading.Lock() if numba.threading_layer() == "workqueue" else None
                 _layer = numba.threading_layer()
     return _layer, _lock
