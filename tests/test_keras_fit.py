@@ -406,3 +406,20 @@ def test_a_call_with_a_missing_gradient_keeps_every_value(floatx):
                 opt.apply(gs, vs)
         out.append([v.numpy() for v in vs])
     assert max_rel(*out) < 1e-12
+
+
+def test_kernels_follow_torch_thread_count():
+    """As Keras' torch ops (and fastadam.torch): torch.set_num_threads(1) -> one thread."""
+    import numba
+    from fastadam.keras import _torch_views
+    old = torch.get_num_threads()
+    v = keras.Variable(np.ones(3, dtype="float32"))
+    opt = FK.Adam()
+    try:
+        opt.apply([torch.ones(3)], [v])
+        torch.set_num_threads(1)
+        opt.apply([torch.ones(3)], [v])
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+        _torch_views.follow_torch_threads()

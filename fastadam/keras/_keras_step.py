@@ -105,6 +105,7 @@ class KerasStepMixin:
         gscales = self._grad_scales([(None, c[1], None) for c in chunks]) \
             if (self.clipnorm or self.global_clipnorm or self.loss_scale_factor) else None
         be = self._backend()
+        tv.follow_torch_threads()
         plans = {}                      # chunks alike share their scalars
         for k, (p, g, state, decay_on) in enumerate(chunks):
             if p.size == 0:
