@@ -423,3 +423,11 @@ def test_kernels_follow_torch_thread_count():
     finally:
         torch.set_num_threads(old)
         _torch_views.follow_torch_threads()
+
+
+def test_apply_without_variables_before_build():
+    opt = FK.Adam()
+    opt.apply([])                                   # no gradients: a no-op, as in Keras
+    with pytest.raises(ValueError, match="must already be built"):
+        opt.apply([torch.ones(2)])
+    assert int(opt.iterations) == 0

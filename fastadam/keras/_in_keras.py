@@ -155,9 +155,14 @@ class KerasSide(KerasStepMixin):
 
     def apply(self, grads, trainable_variables=None):
         """Apply one step (Keras' ``apply``): to Keras variables, or to NumPy arrays."""
+        grads = list(grads)
+        if not grads:                       # a no-op, as in Keras
+            return
         if trainable_variables is None:
-            kind = "keras" if self.built else ("numpy" if self._built_vars is not None
-                                               else "keras")
+            if not self.built and self._built_vars is None:
+                raise ValueError("When passing `grads` without `variables`, the optimizer "
+                                 "must already be built: call `build(variables)` first")
+            kind = "keras" if self.built else "numpy"
         else:
             trainable_variables = list(trainable_variables)
             kind = self._kind(trainable_variables)

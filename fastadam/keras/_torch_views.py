@@ -42,6 +42,8 @@ import threading
 import numpy as np
 import torch
 
+from .._errors import BackendUnavailableError
+
 #: variables of at most this many elements are packed into one flat buffer
 PACK_MAX = 4096
 
@@ -139,7 +141,7 @@ def _entry(opt, i, v, t):
         raise TypeError(f"variables[{i}] ({v.path}) has dtype {v.dtype}; fastadam.keras "
                         "updates float32 and float64 variables")
     if t.device.type != "cpu":
-        raise ValueError(
+        raise BackendUnavailableError(
             f"variables[{i}] ({v.path}) is on {t.device}; fastadam.keras updates Keras "
             "variables on the CPU (CUDA is not wired yet: use keras.optimizers there)")
     if not t.is_contiguous():
