@@ -63,3 +63,12 @@ def test_keras_style():
     import fastadam.keras  # noqa: F401
     initial, final = losses(run_example("keras_style.py"))
     assert final < 0.5 * initial
+
+
+def test_embeddings():
+    pytest.importorskip("torch")
+    import fastadam.torch  # noqa: F401  (an import error must fail, not skip)
+    text = run_example("embeddings.py")
+    initial, final = losses(text)
+    assert final < 0.8 * initial
+    assert number_after("test accuracy", text) > 0.6

@@ -15,7 +15,13 @@ contender runs interleaved in one process (:func:`fastadam.bench.timing.interlea
 * ``row-traffic loop``: a plain compiled parallel loop over the *pre-deduplicated*
   rows with their pre-summed gradient rows that moves exactly a row-sparse Adam
   step's bytes (reads the gradient row and the table, ``exp_avg``, ``exp_avg_sq``
-  rows; writes the three; trivial math) -- no sorting, no summing of duplicates;
+  rows; writes the three; trivial math) -- no sorting, no summing of duplicates --
+  on NumPy-allocated tables (transparent huge pages, as fastadam's flat buffers);
+  ``lookup-traffic loop``: the bytes a step that must sum duplicates moves: over
+  lookups *pre-sorted* by row, every lookup's gradient row read and summed per row,
+  then the distinct rows' bytes moved as above -- no sorting;
+  ``row-traffic loop, torch memory``: the same loop on torch-allocated tables (4 KiB
+  pages where THP is in its ``madvise`` mode: what torch's optimizers run on);
 * ``fastadam SparseAdam``, ``fastadam Adagrad (sparse)``, ``fastadam SGD (sparse)``,
   ``fastadam RowWiseAdagrad``, ``fastadam Adam lazy``: the whole ``step()`` of the
   fastadam.torch optimizer, coalescing included.
@@ -57,6 +63,8 @@ LR = 1e-3
 TARGETS = (("fastadam SparseAdam", "torch SparseAdam", 5.0),
            ("fastadam SparseAdam", "torch SGD (sparse)", 2.0),
            ("fastadam SparseAdam", "row-traffic loop", 1 / 1.2),
+           ("fastadam SparseAdam", "row-traffic loop, torch memory", 1 / 1.2),
+           ("fastadam SparseAdam", "lookup-traffic loop", 1 / 1.2),
            ("fastadam Adagrad (sparse)", "torch Adagrad (sparse)", 5.0))
 
 
@@ -69,13 +77,12 @@ def lookups(rows: int, n: int, dist: str, rng, perm=None) -> np.ndarray:
     return ranks if perm is None else perm[ranks]
 
 
-_ROW_LOOP = None
+_LOOPS = {}
 
 
 def _row_loop():
     """The row-traffic loop (numba, compiled on first use, cached)."""
-    global _ROW_LOOP
-    if _ROW_LOOP is None:
+    if "rows" not in _LOOPS:
         import numba
 
         @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
@@ -87,8 +94,35 @@ def _row_loop():
                     m[r, j] = m[r, j] + x
                     v[r, j] = v[r, j] + x
                     p[r, j] = p[r, j] - x
-        _ROW_LOOP = rows_adam_traffic
-    return _ROW_LOOP
+        _LOOPS["rows"] = rows_adam_traffic
+    return _LOOPS["rows"]
+
+
+def _lookup_loop():
+    """The lookup-traffic loop: over lookups pre-sorted by row (``order``, segment
+    ``starts``, segment ``rows``), it reads every lookup's gradient row, sums a row's
+    in a scratch row and moves the distinct rows' bytes of an Adam step (trivial math)."""
+    if "lookups" not in _LOOPS:
+        import numba
+
+        @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+        def lookups_adam_traffic(p, m, v, order, starts, rows, vals, nitems):
+            nseg = rows.shape[0]
+            scratch = np.empty((nitems, p.shape[1]), p.dtype)
+            for c in numba.prange(nitems):
+                buf = scratch[c]
+                for s in range(c * nseg // nitems, (c + 1) * nseg // nitems):
+                    buf[:] = vals[order[starts[s]]]
+                    for k in range(starts[s] + 1, starts[s + 1]):
+                        buf += vals[order[k]]
+                    r = rows[s]
+                    for j in range(p.shape[1]):
+                        x = buf[j]
+                        m[r, j] = m[r, j] + x
+                        v[r, j] = v[r, j] + x
+                        p[r, j] = p[r, j] - x
+        _LOOPS["lookups"] = lookups_adam_traffic
+    return _LOOPS["lookups"]
 
 
 def _cycle(fn, items):
@@ -132,19 +166,38 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
     base = rng.standard_normal((rows, dim), dtype=np.float32)
     want = (lambda name: only is None or name in only)
     out = {}
+    # the row-traffic loops: over pre-deduplicated rows with pre-summed gradient rows
+    uniq = []
+    for i, x in zip(idx, vals):
+        r, inv = np.unique(i, return_inverse=True)
+        g = np.zeros((r.size, dim), np.float32)
+        np.add.at(g, inv.reshape(-1), x)
+        uniq.append((r, g))
     if want("row-traffic loop"):
-        # over pre-deduplicated rows with pre-summed gradient rows
-        uniq = []
-        for i, x in zip(idx, vals):
-            r, inv = np.unique(i, return_inverse=True)
-            g = np.zeros((r.size, dim), np.float32)
-            np.add.at(g, inv.reshape(-1), x)
-            uniq.append((r, g))
-        tables = [base.copy(), np.zeros_like(base), np.zeros_like(base)]
+        tables = [base.copy(), np.full_like(base, 0.0), np.full_like(base, 0.0)]
         loop = _row_loop()
         out["row-traffic loop"] = _cycle(lambda rg: loop(*tables, rg[0], rg[1]), uniq)
+    if want("lookup-traffic loop"):
+        import numba
+        nitems = 4 * numba.get_num_threads()
+        presorted = []
+        for i, x in zip(idx, vals):
+            order = np.argsort(i, kind="stable")
+            r, starts = np.unique(i[order], return_index=True)
+            presorted.append((order, np.append(starts, len(i)), r, x))
+        tables2 = [base.copy(), np.full_like(base, 0.0), np.full_like(base, 0.0)]
+        loop2 = _lookup_loop()
+        out["lookup-traffic loop"] = _cycle(lambda ps: loop2(*tables2, *ps, nitems), presorted)
     if torch is None:
         return out
+    if want("row-traffic loop, torch memory"):
+        # the same loop on tables torch allocated (as torch's own optimizers' state):
+        # no transparent huge pages where THP is in its "madvise" mode
+        tt = [torch.from_numpy(base).clone(), torch.zeros(rows, dim), torch.zeros(rows, dim)]
+        arrs = [t.numpy() for t in tt]
+        loop = _row_loop()
+        out["row-traffic loop, torch memory"] = _cycle(
+            lambda rg, arrs=arrs, tt=tt: loop(*arrs, rg[0], rg[1]), uniq)
     grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(x),
                                      (rows, dim)) for i, x in zip(idx, vals)]
     dense = []
@@ -194,7 +247,7 @@ def format_section(results: list, stat: str) -> str:
             vs = f"{vs[name]:.2f}x" if vs else "-"
             lines.append(f"  {name:<28} {_fmt_time(t)} {vs:>20}")
         for tg in r["targets"]:
-            if tg["against"] == "row-traffic loop":
+            if "traffic loop" in tg["against"]:
                 desc = (f"  {tg['contender']} / {tg['against']}: {1 / tg['ratio']:.2f}x the "
                         f"time (target <= {1 / tg['target']:.2f}x)")
             else:

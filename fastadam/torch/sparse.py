@@ -54,7 +54,8 @@ def _rows_of(g, i, gi):
     nnz = ind.shape[1]
     for d in range(k):
         if nnz:
-            lo, hi = int(ind[d].min()), int(ind[d].max())
+            x = ind[d].numpy()                  # NumPy's reductions: a few us faster
+            lo, hi = int(x.min()), int(x.max())
             if lo < 0 or hi >= shape[d]:
                 raise IndexError(f"the sparse gradient of parameter {i} of param group {gi} "
                                  f"has index {lo if lo < 0 else hi} in dimension {d} of size "
