@@ -143,8 +143,8 @@ def sparse_arrays(tables: dict, indices, values, row_states=()):
     a 1-D integer array of rows in ``[0, rows)`` (IndexError otherwise; float or
     bool indices: TypeError); ``values``: ``(len(indices), dim)`` of the table's
     dtype.  No table may overlap another array of the call.  The returned indices
-    are int32 or int64 and C-contiguous, the values C-contiguous (copies only when
-    the given ones are not).
+    are int64 and C-contiguous, the values C-contiguous (copies only when the given
+    ones are not).
     """
     items = list(tables.items())
     first_name, first = items[0]
@@ -181,9 +181,9 @@ def sparse_arrays(tables: dict, indices, values, row_states=()):
             bad = lo if lo < 0 else hi
             raise IndexError(f"indices: row {int(bad)} is out of range for {first_name} "
                              f"with {rows} rows")
-    if indices.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
-        indices = indices.astype(np.int64)
-    indices = np.ascontiguousarray(indices)
+    # one index dtype for the kernels (half the compiled variants); a copy of the indices
+    # (not of the table) where they come as another integer type
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
     values = np.ascontiguousarray(values)
     named = dict(tables)
     named.update(indices=indices, values=values)

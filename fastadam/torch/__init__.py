@@ -34,6 +34,12 @@ torch.optim's semantics are kept exactly:
   the kernel runs over the contiguous runs of parameters that have a gradient
   and share a step count — in the common case, the whole buffer at once.
 * A gradient tensor the user assigned (``p.grad = t``) is used (as above).
+* Sparse COO gradients (``nn.Embedding(sparse=True)``) are taken where torch takes
+  them -- :class:`SparseAdam`, :class:`Adagrad`, :class:`SGD`, and beyond torch
+  ``Adam(sparse_grads="lazy")`` and :class:`RowWiseAdagrad` -- with one row-sparse
+  kernel call per parameter on its rows of the flat buffers (the table's slice of
+  the flat gradient is never touched), and refused with RuntimeError elsewhere, as
+  torch does (:mod:`.sparse`; docs/embeddings.md).
 * Hyperparameters are read from ``param_groups`` at every step, so LR
   schedulers and manual changes take effect; validated values are cached
   while a group's values do not change.
