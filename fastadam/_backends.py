@@ -43,25 +43,34 @@ class Backend:
     #: whether :meth:`sparse_step` is implemented (row-sparse steps)
     sparse = False
 
+    def sparse_check(self, tables: dict, indices, values, row_states=()):
+        """The checks of a row-sparse step: ``(tables, indices, values)`` for
+        :meth:`sparse_step` (:func:`fastadam._validate.sparse_arrays` on the host)."""
+        return _validate.sparse_arrays(tables, indices, values, row_states)
+
     def sparse_step(self, opt: str, tables: dict, indices, values, hp: dict) -> None:
         """A row-sparse step (:mod:`fastadam.kernels.cpu_sparse`): ``tables`` maps the
         names of :data:`fastadam._scalars.SPARSE_KERNEL_STATES` (and ``"param"``) to
         the checked arrays, ``opt`` names a row-sparse function of :mod:`._scalars`."""
         raise BackendUnavailableError(
-            f"row-sparse steps are implemented on the numba and numpy backends, not "
+            f"row-sparse steps are implemented on the numba, cuda and numpy backends, not "
             f"{self.name!r}")
 
 
 class CompiledBackend(Backend):
     """A backend given by a ``run(kernel_name, arrays, scalars)`` function."""
 
-    def __init__(self, name, run, check=None, device=False, bind=None, sparse_run=None):
+    def __init__(self, name, run, check=None, device=False, bind=None, sparse_run=None,
+                 sparse_check=None):
         self.name = name
         self.run = run
         #: optional ``sparse_run(kernel_name, tables, indices, values, scalars)``: the
-        #: row-sparse kernels (:func:`fastadam.kernels.cpu_sparse.run`)
+        #: row-sparse kernels (:func:`fastadam.kernels.cpu_sparse.run`,
+        #: :func:`fastadam.kernels.cuda_sparse.run` with ``sparse_check`` its checks)
         self.sparse_run = sparse_run
         self.sparse = sparse_run is not None
+        if sparse_check is not None:
+            self.sparse_check = sparse_check
         self.device = device
         if check is not None:
             self.check = check
@@ -155,7 +164,9 @@ def _load_cuda():
     ok, why = cuda.available()
     if not ok:
         raise BackendUnavailableError(f"the cuda backend is not available: {why}")
-    return CompiledBackend("cuda", cuda.run, check=cuda.check, device=True)
+    from .kernels import cuda_sparse
+    return CompiledBackend("cuda", cuda.run, check=cuda.check, device=True,
+                           sparse_run=cuda_sparse.run, sparse_check=cuda_sparse.check)
 
 
 def _load_numpy():

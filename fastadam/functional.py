@@ -29,12 +29,11 @@ repeated row are summed (in lookup order: the result does not depend on the
 thread count), and only the distinct rows looked up, and their state, are read
 and written.  Out-of-range or negative rows raise IndexError, float indices
 TypeError, a shape or dtype mismatch ValueError / TypeError, all before anything
-is written.  Implemented on the numba and numpy backends (see docs/embeddings.md).
+is written.  Implemented on the numba, cuda (device tables and values; the
+lookups are coalesced on the host) and numpy backends (see docs/embeddings.md).
 """
 
 from __future__ import annotations
-
-import numpy as _np
 
 from . import _backends, _hparams, _scalars
 from . import _validate as _v
@@ -379,7 +378,7 @@ def _run_sparse(opt, backend, tables, indices, values, hp, row_states=()):
     be = _backends.resolve(backend, tables["param"])
     if not be.sparse:
         be.sparse_step(opt, {}, None, None, hp)       # raises BackendUnavailableError
-    tables, indices, values = _v.sparse_arrays(tables, indices, values, row_states)
+    tables, indices, values = be.sparse_check(tables, indices, values, row_states)
     be.sparse_step(opt, tables, indices, values, hp)
 
 
@@ -415,7 +414,7 @@ def sparse_adam_(param, indices, values, exp_avg, exp_avg_sq, *, step, lr, beta1
         :math:`\gamma > 0`, :math:`\beta_1, \beta_2 \in [0, 1)`, :math:`\epsilon > 0`
         (torch.optim.SparseAdam's checks).
     maximize : bool, default False
-    backend : {"auto", "numba", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
 
     Raises
     ------
@@ -456,7 +455,7 @@ def sparse_adagrad_(param, indices, values, sum, *, step, lr, lr_decay=0.0, eps=
         :math:`\eta`.
     eps : float, default 1e-10
     maximize : bool, default False
-    backend : {"auto", "numba", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
 
     Notes
     -----
@@ -480,7 +479,7 @@ def sparse_sgd_(param, indices, values, *, lr, maximize=False, backend="auto"):
         As :func:`sparse_adam_`.
     lr : float
     maximize : bool, default False
-    backend : {"auto", "numba", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
 
     Notes
     -----
@@ -520,12 +519,13 @@ def rowwise_adagrad_(param, indices, values, state, *, lr, eps=1e-10, weight_dec
     weight_decay : float, default 0
         :math:`\lambda`, L2 added to the gradient of the looked-up rows only.
     maximize : bool, default False
-    backend : {"auto", "numba", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
     """
     hp = _hparams.rowwise_adagrad(lr=lr, eps=eps, weight_decay=weight_decay,
                                   maximize=maximize)
-    if isinstance(param, _np.ndarray) and param.ndim == 2:
-        hp["dim"] = param.shape[1]
+    shape = getattr(param, "shape", None)          # NumPy or device arrays
+    if shape is not None and len(shape) == 2:
+        hp["dim"] = int(shape[1])
     _run_sparse("rowwise_adagrad", backend, {"param": param, "sum": state}, indices, values,
                 hp, row_states=("sum",))
 
