@@ -21,7 +21,7 @@ import numba
 from numba import prange
 
 from .. import rules as _rules
-from .._config import FASTMATH
+from .._config import FASTMATH, PARALLEL_THRESHOLD
 from ._variants import KernelVariants, use_parallel
 from ..rules import keras as _k
 
@@ -112,4 +112,8 @@ get = _variants.get
 
 def run(name: str, arrays, scalars) -> None:
     """Run Keras kernel ``name`` on 1-D contiguous ``arrays`` with the given scalars."""
-    _variants.call(name, use_parallel(arrays[0].shape[0]), *arrays, *scalars)
+    n = arrays[0].shape[0]
+    if n < PARALLEL_THRESHOLD:          # the serial loop: safe in threads and after fork
+        get(name, False)(*arrays, *scalars)
+    else:
+        _variants.call(name, use_parallel(n), *arrays, *scalars)
