@@ -36,12 +36,10 @@ The views and the layout of the last call are kept (``opt._kviews``,
 
 from __future__ import annotations
 
-import sys
-import threading
-
 import numpy as np
 import torch
 
+from .. import _threads
 from .._errors import BackendUnavailableError
 
 #: variables of at most this many elements are packed into one flat buffer
@@ -50,19 +48,11 @@ PACK_MAX = 4096
 _NP = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
-_followed = threading.local()        # per thread: the torch thread count numba follows
-
-
 def follow_torch_threads():
     """Make the numba kernels launched from this thread use ``torch.get_num_threads()``
-    threads, as Keras' torch ops do (and as :mod:`fastadam.torch` does); a dictionary
-    lookup while the count does not change, a no-op until the numba kernels are loaded."""
-    n = torch.get_num_threads()
-    if _followed.__dict__.get("n") != n:
-        variants = sys.modules.get("fastadam.kernels._variants")
-        if variants is not None:
-            variants.set_threads(n)
-            _followed.n = n
+    threads, as Keras' torch ops do (and as :mod:`fastadam.torch` does):
+    :func:`fastadam._threads.follow`."""
+    _threads.follow(torch.get_num_threads())
 
 
 def _call(f, *args):

@@ -15,13 +15,11 @@ inf/nan skipping or clipping goes through
 from __future__ import annotations
 
 import operator
-import sys
-import threading
 
 import numpy as np
 import torch
 
-from .. import _scalars
+from .. import _scalars, _threads
 from .buffers import _SCALES, _data_ptr
 from .sparse import _densify, _SparseGrad
 
@@ -33,20 +31,6 @@ _IN_PLACE_MIN = 16384
 
 _is = operator.is_
 _grad_of = operator.attrgetter("grad")
-_followed = threading.local()        # per thread: the torch thread count numba follows
-
-
-def _follow_torch_threads():
-    """Make the numba kernels launched from this thread use ``torch.get_num_threads()``
-    threads (``1``: one; inside a DataLoader worker, say), as torch's own ops do. Costs a
-    dictionary lookup while the count does not change; a no-op until the numba kernels
-    are loaded (the cython and cuda backends follow their own settings)."""
-    n = torch.get_num_threads()
-    if _followed.__dict__.get("n") != n:
-        variants = sys.modules.get("fastadam.kernels._variants")
-        if variants is not None:
-            variants.set_threads(n)
-            _followed.n = n
 
 
 class _StepMixin:
@@ -134,7 +118,7 @@ class _StepMixin:
                 loss = closure()
         groups = self.param_groups
         plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
-        _follow_torch_threads()
+        _threads.follow(torch.get_num_threads())     # as torch's own ops (fastadam._threads)
         grad_scale = getattr(self, "grad_scale", None)      # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
         if (grad_scale is None and found_inf is None and self.max_grad_norm is None
