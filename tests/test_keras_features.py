@@ -98,6 +98,20 @@ print("ok", int(m.optimizer.iterations))
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_pickle_and_deepcopy_as_keras_does(name):
+    """A Keras-side optimizer pickles and copies as Keras' own does (through Keras'
+    saving library): the same class and configuration come back."""
+    import copy
+    import pickle
+    opt = getattr(FK, name)(**FULL.get(name, {}))
+    ref = getattr(keras.optimizers, name)(**FULL.get(name, {}))
+    for other in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)):
+        assert type(other) is type(opt)
+        assert other.get_config() == opt.get_config()
+    assert type(pickle.loads(pickle.dumps(ref))) is type(ref)     # Keras' own, alike
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_get_config_from_config(name):
     kw = dict(FULL.get(name, {}), learning_rate=0.05, clipnorm=1.5, name="mine")
     if name != "AdamW":

@@ -34,6 +34,17 @@ def class_for(cls):
     return _in_keras.twin(cls)
 
 
+class TwinName:
+    """``Class._keras_twin``: the Keras-side twin of ``Class`` (a twin's own is itself), the
+    name under which pickle finds a twin class (its ``__qualname__``)."""
+
+    def __get__(self, obj, owner):
+        if owner.__dict__.get("_keras_side", False):
+            return owner
+        from . import _in_keras
+        return _in_keras.twin(owner)
+
+
 def bare_instance(cls):
     """An instance of exactly ``cls``, uninitialized (used by copy and pickle)."""
     return object.__new__(cls)

@@ -40,7 +40,9 @@ def twin(cls):
     """The Keras-side class of fastadam.keras optimizer class ``cls`` (built once)."""
     t = _TWINS.get(cls)
     if t is None:
-        ns = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+        # named "<Class>._keras_twin" in the fastadam class's module, where the
+        # descriptor _bridge.TwinName finds it again: pickle finds classes by name
+        ns = {"__module__": cls.__module__, "__qualname__": cls.__qualname__ + "._keras_twin",
               "__doc__": cls.__doc__, "_keras_side": True}
         t = type(cls.__name__, (KerasSide, cls, KerasOptimizer), ns)
         if cls.__module__.startswith("fastadam.keras"):
@@ -77,6 +79,12 @@ class KerasSide(KerasStepMixin):
         object.__setattr__(self, "_kstate", None)
         object.__setattr__(self, "_kscalars", {})
         object.__setattr__(self, "_klayout", None)
+
+    def __reduce_ex__(self, protocol):
+        # as Keras' own optimizers: pickled through Keras' saving library (config and
+        # variables), which finds the twin as the registered "fastadam>Name"; the
+        # fastadam class's own reduction would name the twin by the fastadam class
+        return KerasOptimizer.__reduce__(self)
 
     def __setattr__(self, name, value):
         # Keras' __setattr__ tracks variables (and containers that may hold some);

@@ -74,6 +74,9 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
         # so that ``model.compile(optimizer=...)`` accepts it; NumPy arrays still work.
         return object.__new__(_bridge.class_for(cls))
 
+    #: the Keras-side twin of this class, by name (for pickle; see _bridge.TwinName)
+    _keras_twin = _bridge.TwinName()
+
     def __reduce_ex__(self, protocol):
         # copy / pickle rebuild the same class (not a twin chosen by __new__)
         return _bridge.bare_instance, (type(self),), self.__dict__.copy()
