@@ -11,7 +11,9 @@ that shadows a later (editable) install.  So fastadam's kernels are cached in
 3. else the platform's per-user cache folder: ``$XDG_CACHE_HOME/fastadam`` (default
    ``~/.cache/fastadam``) on Linux, ``~/Library/Caches/fastadam`` on macOS,
    ``%LOCALAPPDATA%\\fastadam\\Cache`` on Windows;
-4. and where that folder cannot be written, ``<tempdir>/fastadam-<user>``;
+4. and where that folder cannot be made or written (no home directory, say),
+   ``<tempdir>/fastadam-<user>``, made with mode 0700 and used only while this user
+   owns it and nobody else may write to it;
 
 inside it, a folder per fastadam version (two versions never load each other's
 code) and, as numba does, per source folder (a hash of its path).  Functions of
@@ -56,6 +58,20 @@ def _fallback_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"fastadam-{user}")
 
 
+def _private_fallback_dir():
+    """:func:`_fallback_dir`, made private to this user (mode 0700), or None where it
+    exists but another user owns it or others may write to it: numba's cache files are
+    pickles, and loading one runs code, so a folder in a shared temp directory that
+    someone else could have planted is never used."""
+    path = _fallback_dir()
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid"):
+        st = os.stat(path)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None
+    return path
+
+
 def _is_ours(py_file) -> bool:
     try:
         path = str(pathlib.Path(py_file).resolve())
@@ -83,14 +99,17 @@ def _locator_class():
         def from_function(cls, py_func, py_file):
             if not _is_ours(py_file) or not os.path.exists(py_file):
                 return None
-            for root in (user_cache_dir(), _fallback_dir()):
-                self = cls(py_func, py_file, root)
+            for root_of in (user_cache_dir, _private_fallback_dir):
                 try:
+                    root = root_of()
+                    if root is None or not os.path.isabs(root):
+                        continue        # e.g. no home directory: "~" left unexpanded
+                    self = cls(py_func, py_file, root)
                     self.ensure_cache_path()
-                except OSError:
+                except (OSError, RuntimeError):     # RuntimeError: Path.home() (3.12+)
                     continue
                 return self
-            return None     # pragma: no cover - neither folder writable: numba's locators
+            return None     # pragma: no cover - neither folder usable: numba's locators
 
     return FastadamCacheLocator
 

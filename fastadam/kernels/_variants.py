@@ -96,7 +96,8 @@ def _pool_started() -> bool:
 
 
 def _after_fork_in_child():
-    global _forked, _lock, _parallel_ok
+    global _forked, _lock, _parallel_ok, _layer_lock
+    _layer_lock = threading.Lock()      # a thread of the parent may have held it at fork
     if _pool_started():          # the parent's pool had started: serial from now on
         _forked = True
         _parallel_ok = False
