@@ -82,8 +82,9 @@ def threading_layer():
                 parallel._launch_threads()
                 if nt is not None and torch.get_num_threads() != nt:
                     torch.set_num_threads(nt)
-                _lock = threading.Lock() if numba.threading_layer() == "workqueue" else None
-                _layer = numba.threading_layer()
+                layer = numba.threading_layer()
+                _lock = threading.Lock() if layer == "workqueue" else None
+                _layer = layer      # set last: a reader seeing _layer sees _lock too
     return _layer, _lock
 
 
