@@ -61,6 +61,44 @@ class PythonFloats:
     """
 
     type = float
+    #: The kernel's float type, where known: what :func:`lerp_weight` computes in.
+    kernel_type = None
+
+
+class PythonFloats32(PythonFloats):
+    """:class:`PythonFloats` for a float32 kernel."""
+
+    kernel_type = np.float32
+
+
+class PythonFloats64(PythonFloats):
+    """:class:`PythonFloats` for a float64 kernel."""
+
+    kernel_type = np.float64
+
+
+def python_floats(dtype):
+    """:class:`PythonFloats32` or :class:`PythonFloats64` for a float32 / float64 ``dtype``."""
+    return PythonFloats32 if dtype == np.float32 else PythonFloats64
+
+
+def lerp_weight(dtype, w):
+    """The lerp weight ``w`` as the rules take it: torch's branch in its sign.
+
+    torch's ``lerp(a, b, w)`` computes ``a + w * (b - a)`` when ``|w| < 0.5`` and
+    ``b - (b - a) * (1 - w)`` otherwise, ``w`` and ``1 - w`` in the buffer's float
+    type.  For ``w`` in ``(0, 1]`` (``1 - beta1``, ``beta1`` in ``[0, 1)``), this
+    returns ``w`` for the first branch (positive) and ``w - 1`` for the second (zero
+    or negative): the rules compute ``fma(lw, b - a, a if lw > -lw else b)``
+    (:mod:`fastadam.rules.adam`).  RMSprop's centered rules take the same value and
+    tell the branch by ``lw == oma`` instead (``alpha`` may exceed 1).
+    """
+    c = dtype.type
+    f = getattr(dtype, "kernel_type", None) or c     # the kernel's type (PythonFloats*)
+    wt = f(w)
+    if abs(float(wt)) < 0.5:
+        return c(wt)
+    return c(f(wt - f(1.0)))
 
 
 def _common(c, maximize, l2):
@@ -77,7 +115,7 @@ def adam(dtype, *, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_d
     else:
         l2, decay = weight_decay, 1.0
     scal = _common(c, maximize, l2) + (
-        c(decay), c(1.0 - beta1), c(beta2), c(1.0 - beta2),
+        c(decay), lerp_weight(dtype, 1.0 - beta1), c(beta2), c(1.0 - beta2),
         c(-lr / bc1), c(1.0 / math.sqrt(bc2)), c(eps))
     return ("adam_amsgrad" if amsgrad else "adam"), scal
 
@@ -91,6 +129,8 @@ def rmsprop(dtype, *, lr, alpha, eps, weight_decay, momentum, centered, maximize
     if momentum > 0:
         name += "_momentum"
         scal += (c(momentum),)
+    if centered:
+        scal += (lerp_weight(dtype, 1.0 - alpha),)
     return name, scal
 
 
@@ -146,15 +186,15 @@ def nadam(dtype, *, step, mu_product, lr, beta1, beta2, eps, weight_decay, momen
     cg = -lr * (1.0 - mu) / (1.0 - mu_product)
     cm = (-lr * mu_next) / (1.0 - mu_product * mu_next)
     return "nadam", _common(c, maximize, l2) + (
-        c(decay), c(1.0 - beta1), c(beta2), c(1.0 - beta2), c(1.0 / bc2), c(eps),
-        c(cg), c(cm))
+        c(decay), lerp_weight(dtype, 1.0 - beta1), c(beta2), c(1.0 - beta2), c(1.0 / bc2),
+        c(eps), c(cg), c(cm))
 
 
 def adamax(dtype, *, step, lr, beta1, beta2, eps, weight_decay, maximize):
     c = dtype.type
     clr = lr / (1.0 - beta1 ** step)
     return "adamax", _common(c, maximize, weight_decay) + (
-        c(1.0 - beta1), c(beta2), c(eps), c(-clr))
+        lerp_weight(dtype, 1.0 - beta1), c(beta2), c(eps), c(-clr))
 
 
 def scale_grad(dtype, scalars, gscale):
@@ -174,6 +214,8 @@ def kernel_scalars(kernel, hp, dtype, gscale=1.0, clip=math.inf, index_base=0, s
     :func:`adam`'s.  ``dtype``: ``np.dtype(np.float32)`` (NumPy
     scalars, for numba's dispatch) or :class:`PythonFloats` (Python
     numbers, for an entry point compiled for them, which converts them the same way)."""
+    if dtype is PythonFloats:
+        dtype = PythonFloats32                        # these kernels are float32
     c = dtype.type
     u = int if c is float else np.uint32
     scal = adam(dtype, **hp)[1]

@@ -15,6 +15,28 @@ import math
 import numpy as np
 
 
+def lerp_(start, end, weight):
+    """torch's ``start.lerp_(end, weight)`` in place, both of its branches (ATen's
+    ``lerp``): ``start + w * (end - start)`` for ``|w| < 0.5``, else
+    ``end - (end - start) * (1 - w)``, with ``w`` and ``1 - w`` in the array's dtype.
+    (torch fuses each branch's multiply and add; this rounds them separately.)"""
+    w = start.dtype.type(weight)
+    if abs(w) < 0.5:
+        start += w * (end - start)
+    else:
+        start[...] = end - (end - start) * (1 - w)
+
+
+def sub_square(a, b):
+    """``a - b * b`` as torch's ``a.addcmul(b, b, value=-1)``: one fused multiply-add.
+    Emulated in a wider type (float64 for float32, where ``b * b`` is exact; the x87
+    80-bit long double for float64: no overflow of ``b * b``), then rounded to the
+    array's dtype."""
+    wide = np.float64 if a.dtype == np.float32 else np.longdouble
+    with np.errstate(over="ignore"):
+        return (a.astype(wide) - b.astype(wide) * b.astype(wide)).astype(a.dtype)
+
+
 def adam_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1, beta2,
           eps, weight_decay, decoupled_weight_decay, amsgrad, maximize):
     grad = -grad if maximize else grad
@@ -23,7 +45,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1, 
             param *= 1 - lr * weight_decay
         else:
             grad = grad + weight_decay * param
-    exp_avg += (1 - beta1) * (grad - exp_avg)          # lerp
+    lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * grad * grad
     bias_correction1 = 1 - beta1 ** step
@@ -35,7 +57,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1, 
         denom = np.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
     else:
         denom = np.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
-    param -= step_size * (exp_avg / denom)
+    param += (-step_size * exp_avg) / denom             # torch's addcdiv_(value=-step_size)
 
 
 def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, eps,
@@ -46,8 +68,8 @@ def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, e
     square_avg *= alpha
     square_avg += (1 - alpha) * grad * grad
     if centered:
-        grad_avg += (1 - alpha) * (grad - grad_avg)
-        avg = np.sqrt(square_avg - grad_avg * grad_avg)
+        lerp_(grad_avg, grad, 1 - alpha)
+        avg = np.sqrt(sub_square(square_avg, grad_avg))
     else:
         avg = np.sqrt(square_avg)
     avg += eps
@@ -113,7 +135,7 @@ def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1, bet
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
     mu_product = mu_product * mu
-    exp_avg += (1 - beta1) * (grad - exp_avg)
+    lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * grad * grad
     denom = np.sqrt(exp_avg_sq / bias_correction2) + eps
@@ -128,7 +150,7 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr, beta1, beta2, eps, weigh
     grad = -grad if maximize else grad
     if weight_decay != 0:
         grad = grad + weight_decay * param
-    exp_avg += (1 - beta1) * (grad - exp_avg)
+    lerp_(exp_avg, grad, 1 - beta1)
     np.maximum(exp_inf * beta2, np.abs(grad) + eps, out=exp_inf)
     clr = lr / (1 - beta1 ** step)
     param -= clr * (exp_avg / exp_inf)

@@ -30,7 +30,7 @@ _NARRAYS = {"adam": 4, "adam_amsgrad": 5, "rmsprop": 3, "rmsprop_momentum": 4,
             "rmsprop_centered": 4, "rmsprop_centered_momentum": 5, "adagrad": 3, "sgd": 2,
             "sgd_momentum": 3, "adadelta": 4, "nadam": 4, "adamax": 4}
 _NSCALARS = {"adam": 9, "adam_amsgrad": 9, "rmsprop": 6, "rmsprop_momentum": 7,
-             "rmsprop_centered": 6, "rmsprop_centered_momentum": 7, "adagrad": 4, "sgd": 3,
+             "rmsprop_centered": 7, "rmsprop_centered_momentum": 8, "adagrad": 4, "sgd": 3,
              "sgd_momentum": 7, "adadelta": 6, "nadam": 10, "adamax": 6}
 _IDS = {name: i for i, name in enumerate(KERNEL_NAMES)}
 cdef tuple _NSCALARS_BY_ID = tuple(_NSCALARS[k] for k in KERNEL_NAMES)
@@ -142,10 +142,12 @@ cdef int _call(floating t, int kid, void** ptr, Py_ssize_t n, tuple s, bint par)
         elif kid == 3:
             K.rmsprop_momentum(p, g, s0, s1, n, c[0], c[1], c[2], c[3], c[4], c[5], c[6], par)
         elif kid == 4:
-            K.rmsprop_centered(p, g, s0, s1, n, c[0], c[1], c[2], c[3], c[4], c[5], par)
+            K.rmsprop_centered(p, g, s0, s1, n, c[0], c[1], c[2], c[3], c[4], c[5], c[6],
+                               par)
         elif kid == 5:
             K.rmsprop_centered_momentum(p, g, s0, s1, s2, n,
-                                        c[0], c[1], c[2], c[3], c[4], c[5], c[6], par)
+                                        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                                        par)
         elif kid == 6:
             K.adagrad(p, g, s0, n, c[0], c[1], c[2], c[3], par)
         elif kid == 7:

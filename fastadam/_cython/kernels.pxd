@@ -36,12 +36,16 @@
 # The per-element math is generated from fastadam/rules/*.py (see _codegen.py),
 # the same source the numba backend compiles.  The update rules, per element:
 #
-#   adam:          g = gsign*g + l2*p; p = p*decay; m = m + omb1*(g - m);
+#   adam:          g = gsign*g + l2*p; p = p*decay; m = fma(omb1, g - m, m if omb1 > 0 else g)
+#                  (torch's lerp: omb1 = 1 - beta1 if that is < 0.5, else -beta1;
+#                  fastadam._scalars.lerp_weight; fma rounds once);
 #                  v = beta2*v + omb2*g*g; p = p + neg_step*m / (sqrt(v)*inv_bc2_sqrt + eps)
 #   adam_amsgrad:  as adam, with vmax = max(vmax, v) (NaN-propagating) in place of v
 #                  in the denominator; vmax is stored back
 #   rmsprop*:      g = gsign*g + l2*p; sq = alpha*sq + oma*g*g;
-#                  [centered: ga = ga + oma*(g - ga); avg = sqrt(sq - ga*ga) + eps]
+#                  [centered (one more scalar, last: lw = lerp_weight(1 - alpha)):
+#                   ga = fma(lw, g - ga, ga if lw == oma else g);
+#                   avg = sqrt(fma(-ga, ga, sq)) + eps]
 #                  [else: avg = sqrt(sq) + eps]
 #                  [momentum: buf = momentum*buf + g/avg; p = p + neg_lr*buf]
 #                  [else: p = p + neg_lr*g/avg]
@@ -52,10 +56,10 @@
 #   adadelta:      g = gsign*g + l2*p; sq = rho*sq + omr*g*g;
 #                  delta = sqrt(acc + eps)/sqrt(sq + eps)*g; acc = rho*acc + omr*delta*delta;
 #                  p = p + neg_lr*delta
-#   nadam:         g = gsign*g + l2*p; p = p*decay; m = m + omb1*(g - m);
+#   nadam:         g = gsign*g + l2*p; p = p*decay; m as in adam;
 #                  v = beta2*v + omb2*g*g; denom = sqrt(v*inv_bc2) + eps;
 #                  p = p + cg*g/denom; p = p + cm*m/denom
-#   adamax:        g = gsign*g + l2*p; m = m + omb1*(g - m);
+#   adamax:        g = gsign*g + l2*p; m as in adam;
 #                  u = max(beta2*u, |g| + eps) (NaN-propagating); p = p + neg_clr*m/u
 
 from cython cimport floating
@@ -82,14 +86,15 @@ cdef void rmsprop_momentum(floating* p, const floating* g, floating* sq, floatin
 
 cdef void rmsprop_centered(floating* p, const floating* g, floating* sq, floating* ga,
                            Py_ssize_t n, floating gsign, floating l2, floating alpha,
-                           floating oma, floating neg_lr, floating eps,
+                           floating oma, floating neg_lr, floating eps, floating lw,
                            bint parallel) noexcept nogil
 
 cdef void rmsprop_centered_momentum(floating* p, const floating* g, floating* sq,
                                     floating* ga, floating* buf, Py_ssize_t n,
                                     floating gsign, floating l2, floating alpha,
                                     floating oma, floating neg_lr, floating eps,
-                                    floating momentum, bint parallel) noexcept nogil
+                                    floating momentum, floating lw,
+                                    bint parallel) noexcept nogil
 
 cdef void adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n,
                   floating gsign, floating l2, floating neg_clr, floating eps,

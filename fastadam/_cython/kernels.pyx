@@ -93,9 +93,9 @@ cdef void rmsprop_momentum(floating* p, const floating* g, floating* sq, floatin
 
 cdef void rmsprop_centered(floating* p, const floating* g, floating* sq, floating* ga,
                            Py_ssize_t n, floating gsign, floating l2, floating alpha,
-                           floating oma, floating neg_lr, floating eps,
+                           floating oma, floating neg_lr, floating eps, floating lw,
                            bint parallel) noexcept nogil:
-    _loop_rmsprop_centered(p, g, sq, ga, n, gsign, l2, alpha, oma, neg_lr, eps,
+    _loop_rmsprop_centered(p, g, sq, ga, n, gsign, l2, alpha, oma, neg_lr, eps, lw,
                            parallel)
 
 
@@ -103,9 +103,10 @@ cdef void rmsprop_centered_momentum(floating* p, const floating* g, floating* sq
                                     floating* ga, floating* buf, Py_ssize_t n,
                                     floating gsign, floating l2, floating alpha,
                                     floating oma, floating neg_lr, floating eps,
-                                    floating momentum, bint parallel) noexcept nogil:
+                                    floating momentum, floating lw,
+                                    bint parallel) noexcept nogil:
     _loop_rmsprop_centered_momentum(p, g, sq, ga, buf, n, gsign, l2, alpha, oma, neg_lr,
-                                    eps, momentum, parallel)
+                                    eps, momentum, lw, parallel)
 
 
 cdef void adagrad(floating* p, const floating* g, floating* s, Py_ssize_t n,

@@ -25,7 +25,7 @@ from numba import prange
 
 from .. import rules as _rules
 from .._config import FASTMATH, PARALLEL_THRESHOLD
-from . import _blocked
+from . import _blocked, _fma  # noqa: F401  (_fma: the rules' fma, for numba)
 from ._variants import KernelVariants, use_parallel
 from ..rules import adadelta as _adadelta_r
 from ..rules import adagrad as _adagrad_r
@@ -82,15 +82,16 @@ def rmsprop_momentum(p, g, sq, buf, s0, s1, s2, s3, s4, s5, s6):
             p[i], g[i], sq[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
 
 
-def rmsprop_centered(p, g, sq, ga, s0, s1, s2, s3, s4, s5):
+def rmsprop_centered(p, g, sq, ga, s0, s1, s2, s3, s4, s5, s6):
     for i in prange(p.shape[0]):
-        p[i], sq[i], ga[i] = r_rmsprop_centered(p[i], g[i], sq[i], ga[i], s0, s1, s2, s3, s4, s5)
+        p[i], sq[i], ga[i] = r_rmsprop_centered(p[i], g[i], sq[i], ga[i], s0, s1, s2, s3, s4, s5,
+                                                s6)
 
 
-def rmsprop_centered_momentum(p, g, sq, ga, buf, s0, s1, s2, s3, s4, s5, s6):
+def rmsprop_centered_momentum(p, g, sq, ga, buf, s0, s1, s2, s3, s4, s5, s6, s7):
     for i in prange(p.shape[0]):
         p[i], sq[i], ga[i], buf[i] = r_rmsprop_centered_momentum(
-            p[i], g[i], sq[i], ga[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
+            p[i], g[i], sq[i], ga[i], buf[i], s0, s1, s2, s3, s4, s5, s6, s7)
 
 
 def adagrad(p, g, s, s0, s1, s2, s3):

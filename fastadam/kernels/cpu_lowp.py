@@ -77,7 +77,7 @@ from .. import rules as _rules
 from .._config import FASTMATH
 from ..rules import adam as _adam_r
 from ..rules import codecs as _codecs_r
-from . import _blocked
+from . import _blocked, _fma  # noqa: F401  (_fma: the rules' fma, for numba)
 from ._blocked import k_prefetch, prefetch_ahead
 from ._variants import KernelVariants, use_parallel
 

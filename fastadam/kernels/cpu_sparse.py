@@ -46,7 +46,7 @@ import numpy as np
 from numba import prange
 
 from .._config import FASTMATH
-from . import _blocked
+from . import _blocked, _fma  # noqa: F401  (_fma: the rules' fma, for numba)
 from ._variants import NJIT_OPTIONS, KernelVariants, use_parallel
 from ..rules import adam as _adam_r
 from ..rules import sparse as _sparse_r

@@ -63,6 +63,10 @@ from ..rules import sgd as _sgd_r
 #: True when numba's CUDA simulator is active (``NUMBA_ENABLE_CUDASIM=1``).
 SIMULATOR = bool(_nb_config.ENABLE_CUDASIM)
 
+if not SIMULATOR:   # the rules' fma as cuda.fma (the simulator runs its Python body)
+    from ._fma import register_cuda as _register_fma
+    _register_fma()
+
 BLOCK_SIZE = int(os.environ.get("FASTADAM_CUDA_BLOCK_SIZE", "256"))
 MAX_BLOCKS = int(os.environ.get("FASTADAM_CUDA_MAX_BLOCKS", "0"))
 
@@ -113,15 +117,16 @@ def rmsprop_momentum(p, g, sq, buf, s0, s1, s2, s3, s4, s5, s6):
             p[i], g[i], sq[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
 
 
-def rmsprop_centered(p, g, sq, ga, s0, s1, s2, s3, s4, s5):
+def rmsprop_centered(p, g, sq, ga, s0, s1, s2, s3, s4, s5, s6):
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-        p[i], sq[i], ga[i] = r_rmsprop_centered(p[i], g[i], sq[i], ga[i], s0, s1, s2, s3, s4, s5)
+        p[i], sq[i], ga[i] = r_rmsprop_centered(p[i], g[i], sq[i], ga[i], s0, s1, s2, s3, s4, s5,
+                                                s6)
 
 
-def rmsprop_centered_momentum(p, g, sq, ga, buf, s0, s1, s2, s3, s4, s5, s6):
+def rmsprop_centered_momentum(p, g, sq, ga, buf, s0, s1, s2, s3, s4, s5, s6, s7):
     for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
         p[i], sq[i], ga[i], buf[i] = r_rmsprop_centered_momentum(
-            p[i], g[i], sq[i], ga[i], buf[i], s0, s1, s2, s3, s4, s5, s6)
+            p[i], g[i], sq[i], ga[i], buf[i], s0, s1, s2, s3, s4, s5, s6, s7)
 
 
 def adagrad(p, g, s, s0, s1, s2, s3):

@@ -40,7 +40,7 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-_PythonFloats = _scalars.PythonFloats
+_python_floats = _scalars.python_floats
 
 
 def _hp_argument(_dtype, **hp):
@@ -140,7 +140,7 @@ class StepPlanMixin:
         hp = c[8].copy()
         if "step" in hp:
             hp["step"] = step
-        return hp, (b[3], scalars_of(_PythonFloats, **hp)[1])
+        return hp, (b[3], scalars_of(_python_floats(fb.data.dtype), **hp)[1])
 
     def _prepare(self, gi: int, fb, st: dict, spec: dict, hp: dict):
         """``(fn, args)`` doing this step of buffer ``fb``, or None if its state is not made yet.
@@ -155,7 +155,7 @@ class StepPlanMixin:
         bind = getattr(be, "bind", None)
         if bind is None:
             return self._prepare_state(gi, fb, st, spec, hp, be)
-        kname, scal = getattr(_scalars, self._opt)(_PythonFloats, **hp)
+        kname, scal = getattr(_scalars, self._opt)(_python_floats(fb.data.dtype), **hp)
         bound = self.__dict__.setdefault("_bound", {})
         key = (gi, id(st))
         b = bound.get(key)

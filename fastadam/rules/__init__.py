@@ -15,7 +15,9 @@ Conventions (they are what makes the float discipline hold):
   and casts them with ``dtype.type`` (see :mod:`fastadam._scalars`);
 * no numeric literal appears in a rule: a bare ``1.0`` would promote a float32
   expression to float64;
-* ``math.sqrt`` is the only library call;
+* ``math.sqrt`` is the only library call, and :func:`fastadam.rules.fma.fma` the
+  only other function called (a fused multiply-add, where torch computes one;
+  each backend supplies its own);
 * a maximum is written so that a NaN in either operand propagates, as
   ``torch.maximum`` does;
 * the L2 term ``l2 * p`` is added only when ``l2`` is non-zero (``if l2:``, a
@@ -29,7 +31,7 @@ import hashlib
 import pathlib
 
 RULE_MODULES = ("adam", "rmsprop", "adagrad", "sgd", "adadelta", "nadam", "adamax",
-                "codecs", "param_codecs")
+                "codecs", "param_codecs", "fma")
 
 
 def source_hash(extra: str = "") -> str:

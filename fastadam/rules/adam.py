@@ -4,15 +4,24 @@ With ``s`` the per-step scalars computed by :func:`fastadam._scalars.adam`::
 
     g  = gsign * g + l2 * p              # maximize flips the sign; L2 decay
     p  = p * decay                       # decoupled (AdamW) decay, 1 otherwise
-    m  = m + omb1 * (g - m)              # lerp(m, g, 1 - beta1)
+    m  = lerp(m, g, 1 - beta1)           # torch's two branches, each one FMA (below)
     v  = beta2 * v + omb2 * g * g
     vh = max(vmax, v)                    # AMSGrad only, stored back in vmax
     p  = p + neg_step * m / (sqrt(vh) * inv_bc2_sqrt + eps)
 
 where ``neg_step = -lr / (1 - beta1**t)`` and ``inv_bc2_sqrt = 1 / sqrt(1 - beta2**t)``.
+
+``lerp`` is torch's: with ``w = 1 - beta1``, ``m + w * (g - m)`` when ``|w| < 0.5``,
+else ``g - (g - m) * (1 - w)``, each a fused multiply-add (as torch's CPU kernel).
+The façade picks the branch once per step and passes it in the sign of ``omb1``
+(:func:`fastadam._scalars.lerp_weight`): ``omb1 = w > 0`` for the first branch,
+``omb1 = w - 1 <= 0`` for the second (``beta1`` is in ``[0, 1)``, so ``w`` is in
+``(0, 1]``), and the rule computes ``fma(omb1, g - m, m or g)``.
 """
 
 import math
+
+from .fma import fma
 
 
 def adam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, neg_step, inv_bc2_sqrt, eps):
@@ -20,7 +29,7 @@ def adam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, neg_step, inv_bc2_sqrt
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
     p = p * decay
-    m = m + omb1 * (g - m)
+    m = fma(omb1, g - m, m if omb1 > -omb1 else g)
     v = beta2 * v + omb2 * g * g
     p = p + neg_step * m / (math.sqrt(v) * inv_bc2_sqrt + eps)
     return p, m, v
@@ -32,7 +41,7 @@ def adam_amsgrad(p, g, m, v, vmax, gsign, l2, decay, omb1, beta2, omb2, neg_step
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
     p = p * decay
-    m = m + omb1 * (g - m)
+    m = fma(omb1, g - m, m if omb1 > -omb1 else g)
     v = beta2 * v + omb2 * g * g
     vmax = vmax if (vmax >= v or vmax != vmax) else v
     p = p + neg_step * m / (math.sqrt(vmax) * inv_bc2_sqrt + eps)

@@ -3,17 +3,19 @@
 ::
 
     g = gsign * g + l2 * p
-    m = m + omb1 * (g - m)
+    m = lerp(m, g, 1 - beta1)                 # as in rules/adam.py (omb1's sign)
     u = max(beta2 * u, |g| + eps)             # NaN propagates, as torch.maximum
     p = p + neg_clr * m / u                   # neg_clr = -lr / (1 - beta1**t)
 """
+
+from .fma import fma
 
 
 def adamax(p, g, m, u, gsign, l2, omb1, beta2, eps, neg_clr):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
-    m = m + omb1 * (g - m)
+    m = fma(omb1, g - m, m if omb1 > -omb1 else g)
     a = beta2 * u
     b = abs(g) + eps
     u = a if (a >= b or a != a) else b

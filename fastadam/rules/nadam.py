@@ -6,7 +6,7 @@ element::
 
     g     = gsign * g + l2 * p
     p     = p * decay                               # decoupled weight decay
-    m     = m + omb1 * (g - m)
+    m     = lerp(m, g, 1 - beta1)                   # as in rules/adam.py (omb1's sign)
     v     = beta2 * v + omb2 * g * g
     denom = sqrt(v * inv_bc2) + eps                 # inv_bc2 = 1 / (1 - beta2**t)
     p     = p + cg * g / denom + cm * m / denom
@@ -17,13 +17,15 @@ with ``cg = -lr * (1 - mu_t) / (1 - mu_product_t)`` and
 
 import math
 
+from .fma import fma
+
 
 def nadam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, inv_bc2, eps, cg, cm):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
     p = p * decay
-    m = m + omb1 * (g - m)
+    m = fma(omb1, g - m, m if omb1 > -omb1 else g)
     v = beta2 * v + omb2 * g * g
     denom = math.sqrt(v * inv_bc2) + eps
     p = p + cg * g / denom

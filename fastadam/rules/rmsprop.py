@@ -4,15 +4,24 @@
 
     g   = gsign * g + l2 * p
     sq  = alpha * sq + oma * g * g                  # oma = 1 - alpha
-    ga  = ga + oma * (g - ga)                       # centered only
-    avg = sqrt(sq - ga * ga) + eps                  # centered
+    ga  = lerp(ga, g, oma)                          # centered only (lw: below)
+    avg = sqrt(fma(-ga, ga, sq)) + eps              # centered: sq - ga*ga, one FMA
     avg = sqrt(sq) + eps                            # otherwise
     buf = momentum * buf + g / avg                  # momentum > 0 only
     p   = p + neg_lr * buf                          # momentum > 0
     p   = p + neg_lr * g / avg                      # otherwise
+
+The centered variants take one more scalar, last, ``lw``: the weight of torch's
+``lerp`` (see :mod:`fastadam.rules.adam`), ``lw = oma`` when ``|oma| < 0.5``
+(``ga + oma * (g - ga)`` as one FMA), else ``lw = oma - 1`` (``g - (g - ga) * (1 -
+oma)``, one FMA); ``lw == oma`` tells the rule which.  ``sq - ga*ga`` is torch's
+``addcmul(ga, ga, value=-1)``, one FMA as well: a finite ``ga`` whose square
+overflows leaves ``sq`` (``inf``) rather than ``inf - inf``.
 """
 
 import math
+
+from .fma import fma
 
 
 def rmsprop(p, g, sq, gsign, l2, alpha, oma, neg_lr, eps):
@@ -34,23 +43,23 @@ def rmsprop_momentum(p, g, sq, buf, gsign, l2, alpha, oma, neg_lr, eps, momentum
     return p, sq, buf
 
 
-def rmsprop_centered(p, g, sq, ga, gsign, l2, alpha, oma, neg_lr, eps):
+def rmsprop_centered(p, g, sq, ga, gsign, l2, alpha, oma, neg_lr, eps, lw):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
     sq = alpha * sq + oma * g * g
-    ga = ga + oma * (g - ga)
-    p = p + neg_lr * g / (math.sqrt(sq - ga * ga) + eps)
+    ga = fma(lw, g - ga, ga if lw == oma else g)
+    p = p + neg_lr * g / (math.sqrt(fma(-ga, ga, sq)) + eps)
     return p, sq, ga
 
 
 def rmsprop_centered_momentum(p, g, sq, ga, buf, gsign, l2, alpha, oma, neg_lr, eps,
-                              momentum):
+                              momentum, lw):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
     sq = alpha * sq + oma * g * g
-    ga = ga + oma * (g - ga)
-    buf = momentum * buf + g / (math.sqrt(sq - ga * ga) + eps)
+    ga = fma(lw, g - ga, ga if lw == oma else g)
+    buf = momentum * buf + g / (math.sqrt(fma(-ga, ga, sq)) + eps)
     p = p + neg_lr * buf
     return p, sq, ga, buf

@@ -1,0 +1,43 @@
+"""The fused multiply-add the rules call: ``fma(a, b, c) == a * b + c``, rounded once.
+
+torch's CPU kernels compute ``lerp`` (both of its branches) and ``addcmul`` as
+fused multiply-adds (measured on torch 2.13: every element, vector body and
+scalar tail alike), so the rules call :func:`fma` exactly where torch.optim's
+for-loop implementation calls ``lerp_`` or ``addcmul(x, y, value=-1)``: the
+first moment of Adam / NAdam / Adamax, RMSprop's centered ``grad_avg`` and its
+``square_avg - grad_avg**2``.  Besides the one rounding, a fused ``sq - ga*ga``
+never overflows in the product (a finite ``ga`` whose square exceeds the
+format leaves ``inf - ga*ga == inf`` where the unfused form gives
+``inf - inf == NaN``).
+
+Each compiled backend supplies its own implementation of this function:
+numba CPU the ``llvm.fma`` intrinsic (:mod:`fastadam.kernels._fma`), numba CUDA
+``cuda.fma``, Cython C's ``fma`` / ``fmaf`` (``_codegen.py``).  The Python body
+below is the specification, and what numba's CUDA simulator runs: exact, via
+:class:`fractions.Fraction`, for finite operands and a finite result; the IEEE
+unfused float64 expression otherwise (the same non-finite results).  For
+float32 operands the exact value is rounded to float64 and then to float32 (a
+double rounding: it can differ from a single one only on an exact float32 tie
+of the float64 result).
+"""
+
+from fractions import Fraction
+import math
+
+
+def fma(a, b, c):
+    """``a * b + c`` with one rounding, in the type of ``c``."""
+    t = type(c)
+    fa, fb, fc = float(a), float(b), float(c)
+    if math.isfinite(fa) and math.isfinite(fb) and not math.isfinite(fc):
+        return t(fc)                    # a finite product never overflows inside an FMA
+    if not (math.isfinite(fa) and math.isfinite(fb) and math.isfinite(fc)):
+        return t(fa * fb + fc)          # Python floats: no overflow of a float32 product
+    exact = Fraction(fa) * Fraction(fb) + Fraction(fc)
+    try:
+        r = float(exact)
+    except OverflowError:
+        r = math.inf if exact > 0 else -math.inf
+    if r == 0.0 and exact == 0:          # an exact zero: the sign IEEE gives it
+        r = fa * fb + fc
+    return t(r)
