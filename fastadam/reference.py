@@ -1,7 +1,8 @@
 """The readable NumPy reference: ground truth for the tests, never fast.
 
 Each function is a line-by-line transcription of torch.optim's single-tensor
-("for-loop") implementation for one parameter, written with whole-array NumPy
+("for-loop") implementation for one parameter (``p.addcdiv_(a, b, value=c)`` is
+``p += (c * a) / b``, the order of torch's kernel), written with whole-array NumPy
 operations in the array's own dtype (NumPy 2 keeps ``float32_array * 0.9`` in
 float32).  It deliberately shares no code with :mod:`fastadam.rules` or
 :mod:`fastadam._scalars`, so that the compiled kernels are checked against an
@@ -15,25 +16,44 @@ import math
 import numpy as np
 
 
+def _wide(dtype):
+    """A wider type in which ``a * b + c`` of two ``dtype`` values stands in for a
+    fused multiply-add: float64 for float32 (the product exact), the x87 80-bit long
+    double for float64 (no overflow of the product; 11 more bits)."""
+    return np.float64 if dtype == np.float32 else np.longdouble
+
+
 def lerp_(start, end, weight):
-    """torch's ``start.lerp_(end, weight)`` in place, both of its branches (ATen's
-    ``lerp``): ``start + w * (end - start)`` for ``|w| < 0.5``, else
-    ``end - (end - start) * (1 - w)``, with ``w`` and ``1 - w`` in the array's dtype.
-    (torch fuses each branch's multiply and add; this rounds them separately.)"""
+    """torch's ``start.lerp_(end, weight)`` in place (ATen's ``lerp``), both branches:
+    ``start + w * (end - start)`` for ``|w| < 0.5``, else ``end - (end - start) * (1 -
+    w)``; ``w``, ``1 - w`` and ``end - start`` in the array's dtype, the multiply-add
+    fused as torch's CPU kernel does (here: in a wider type, rounded once more)."""
     w = start.dtype.type(weight)
-    if abs(w) < 0.5:
-        start += w * (end - start)
-    else:
-        start[...] = end - (end - start) * (1 - w)
+    wide = _wide(start.dtype)
+    d = (end - start).astype(wide)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if abs(w) < 0.5:
+            r = start.astype(wide) + wide(w) * d
+        else:
+            r = end.astype(wide) - d * wide(1 - w)
+        start[...] = r.astype(start.dtype)
+
+
+def addcmul_(a, t1, t2, value):
+    """torch's ``a.addcmul_(t1, t2, value=value)`` in place: ``a + (value * t1) * t2``,
+    ``value * t1`` in the array's dtype, the rest one fused multiply-add as torch's CPU
+    kernel (here: in a wider type, then rounded to the array's dtype)."""
+    wide = _wide(a.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        vt = (a.dtype.type(value) * t1).astype(wide)
+        a[...] = (a.astype(wide) + vt * t2.astype(wide)).astype(a.dtype)
 
 
 def sub_square(a, b):
-    """``a - b * b`` as torch's ``a.addcmul(b, b, value=-1)``: one fused multiply-add.
-    Emulated in a wider type (float64 for float32, where ``b * b`` is exact; the x87
-    80-bit long double for float64: no overflow of ``b * b``), then rounded to the
-    array's dtype."""
-    wide = np.float64 if a.dtype == np.float32 else np.longdouble
-    with np.errstate(over="ignore"):
+    """``a - b * b`` as torch's ``a.addcmul(b, b, value=-1)``: one fused multiply-add
+    (here: in a wider type, then rounded to the array's dtype)."""
+    wide = _wide(a.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
         return (a.astype(wide) - b.astype(wide) * b.astype(wide)).astype(a.dtype)
 
 
@@ -47,7 +67,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1, 
             grad = grad + weight_decay * param
     lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * grad * grad
+    addcmul_(exp_avg_sq, grad, grad, 1 - beta2)
     bias_correction1 = 1 - beta1 ** step
     bias_correction2 = 1 - beta2 ** step
     step_size = lr / bias_correction1
@@ -66,7 +86,7 @@ def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, e
     if weight_decay != 0:
         grad = grad + weight_decay * param
     square_avg *= alpha
-    square_avg += (1 - alpha) * grad * grad
+    addcmul_(square_avg, grad, grad, 1 - alpha)
     if centered:
         lerp_(grad_avg, grad, 1 - alpha)
         avg = np.sqrt(sub_square(square_avg, grad_avg))
@@ -78,7 +98,7 @@ def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, e
         momentum_buffer += grad / avg
         param -= lr * momentum_buffer
     else:
-        param -= lr * (grad / avg)
+        param += (-lr * grad) / avg                    # addcdiv_(value=-lr)
 
 
 def adagrad_(param, grad, state_sum, *, step, lr, lr_decay, eps, weight_decay, maximize):
@@ -86,9 +106,9 @@ def adagrad_(param, grad, state_sum, *, step, lr, lr_decay, eps, weight_decay, m
     if weight_decay != 0:
         grad = grad + weight_decay * param
     clr = lr / (1 + (step - 1) * lr_decay)
-    state_sum += grad * grad
+    addcmul_(state_sum, grad, grad, 1)
     std = np.sqrt(state_sum) + eps
-    param -= clr * (grad / std)
+    param += (-clr * grad) / std                       # addcdiv_(value=-clr)
 
 
 def sgd_(param, grad, momentum_buffer, *, first, lr, momentum, dampening, weight_decay,
@@ -114,11 +134,11 @@ def adadelta_(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay,
     if weight_decay != 0:
         grad = grad + weight_decay * param
     square_avg *= rho
-    square_avg += (1 - rho) * grad * grad
+    addcmul_(square_avg, grad, grad, 1 - rho)
     std = np.sqrt(square_avg + eps)
     delta = np.sqrt(acc_delta + eps) / std * grad
     acc_delta *= rho
-    acc_delta += (1 - rho) * delta * delta
+    addcmul_(acc_delta, delta, delta, 1 - rho)
     param -= lr * delta
 
 
@@ -137,11 +157,11 @@ def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1, bet
     mu_product = mu_product * mu
     lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * grad * grad
+    addcmul_(exp_avg_sq, grad, grad, 1 - beta2)
     denom = np.sqrt(exp_avg_sq / bias_correction2) + eps
     mu_product_next = mu_product * mu_next
-    param += (-lr * (1.0 - mu) / (1.0 - mu_product)) * (grad / denom)
-    param += ((-lr * mu_next) / (1.0 - mu_product_next)) * (exp_avg / denom)
+    param += ((-lr * (1.0 - mu) / (1.0 - mu_product)) * grad) / denom
+    param += (((-lr * mu_next) / (1.0 - mu_product_next)) * exp_avg) / denom
     return mu_product
 
 
@@ -153,7 +173,7 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr, beta1, beta2, eps, weigh
     lerp_(exp_avg, grad, 1 - beta1)
     np.maximum(exp_inf * beta2, np.abs(grad) + eps, out=exp_inf)
     clr = lr / (1 - beta1 ** step)
-    param -= clr * (exp_avg / exp_inf)
+    param += (-clr * exp_avg) / exp_inf                # addcdiv_(value=-clr)
 
 
 # -- row-sparse steps ---------------------------------------------------------------

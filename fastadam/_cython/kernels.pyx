@@ -35,7 +35,11 @@ cdef extern from *:
        function multi-versioning: each loop is then compiled for baseline x86-64 and
        for AVX2, and the loader picks the one for the CPU at hand. */
     #if defined(FASTADAM_TARGET_CLONES) && (defined(__x86_64__) || defined(__i386__))
+    #if FASTADAM_TARGET_CLONES == 3
+    #define FASTADAM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #else
     #define FASTADAM_CLONES __attribute__((target_clones("avx2", "default")))
+    #endif
     #define FASTADAM_HAVE_CLONES 1
     #else
     #define FASTADAM_CLONES

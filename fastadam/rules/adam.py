@@ -5,7 +5,7 @@ With ``s`` the per-step scalars computed by :func:`fastadam._scalars.adam`::
     g  = gsign * g + l2 * p              # maximize flips the sign; L2 decay
     p  = p * decay                       # decoupled (AdamW) decay, 1 otherwise
     m  = lerp(m, g, 1 - beta1)           # torch's two branches, each one FMA (below)
-    v  = beta2 * v + omb2 * g * g
+    v  = beta2 * v + omb2 * g * g        # fma(omb2 * g, g, beta2 * v): torch's addcmul_
     vh = max(vmax, v)                    # AMSGrad only, stored back in vmax
     p  = p + neg_step * m / (sqrt(vh) * inv_bc2_sqrt + eps)
 
@@ -30,7 +30,7 @@ def adam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, neg_step, inv_bc2_sqrt
         g = g + l2 * p
     p = p * decay
     m = fma(omb1, g - m, m if omb1 > -omb1 else g)
-    v = beta2 * v + omb2 * g * g
+    v = fma(omb2 * g, g, beta2 * v)      # torch: mul_(beta2).addcmul_(g, g, omb2)
     p = p + neg_step * m / (math.sqrt(v) * inv_bc2_sqrt + eps)
     return p, m, v
 
@@ -42,7 +42,7 @@ def adam_amsgrad(p, g, m, v, vmax, gsign, l2, decay, omb1, beta2, omb2, neg_step
         g = g + l2 * p
     p = p * decay
     m = fma(omb1, g - m, m if omb1 > -omb1 else g)
-    v = beta2 * v + omb2 * g * g
+    v = fma(omb2 * g, g, beta2 * v)      # torch: mul_(beta2).addcmul_(g, g, omb2)
     vmax = vmax if (vmax >= v or vmax != vmax) else v
     p = p + neg_step * m / (math.sqrt(vmax) * inv_bc2_sqrt + eps)
     return p, m, v, vmax

@@ -16,13 +16,14 @@ numba CPU the ``llvm.fma`` intrinsic (:mod:`fastadam.kernels._fma`), numba CUDA
 below is the specification, and what numba's CUDA simulator runs: exact, via
 :class:`fractions.Fraction`, for finite operands and a finite result; the IEEE
 unfused float64 expression otherwise (the same non-finite results).  For
-float32 operands the exact value is rounded to float64 and then to float32 (a
-double rounding: it can differ from a single one only on an exact float32 tie
-of the float64 result).
+float32 operands the exact value is rounded once to float32 (not through float64:
+that double rounding differs on a float32 tie of the float64 result).
 """
 
 from fractions import Fraction
 import math
+
+import numpy as np
 
 
 def fma(a, b, c):
@@ -40,4 +41,24 @@ def fma(a, b, c):
         r = math.inf if exact > 0 else -math.inf
     if r == 0.0 and exact == 0:          # an exact zero: the sign IEEE gives it
         r = fa * fb + fc
-    return t(r)
+    if t is float or t(0).itemsize >= 8:
+        return t(r)
+    return _nearest(t, exact, r)
+
+
+def _nearest(t, exact, r):
+    """``exact`` (a Fraction) rounded once to the narrower NumPy float type ``t``,
+    nearest, ties to even (``t(r)`` may round twice: ``r`` is ``exact`` in float64)."""
+    with np.errstate(over="ignore"):
+        x = t(r)
+    if not np.isfinite(x):
+        return x
+    best = None
+    for c in (np.nextafter(x, t(-np.inf)), x, np.nextafter(x, t(np.inf))):
+        if not np.isfinite(c):
+            continue
+        d = abs(Fraction(float(c)) - exact)
+        even = not int(c.view(np.uint16 if c.itemsize == 2 else np.uint32)) & 1
+        if best is None or d < best[0] or (d == best[0] and even):
+            best = (d, c)
+    return best[1]

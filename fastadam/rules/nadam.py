@@ -7,7 +7,7 @@ element::
     g     = gsign * g + l2 * p
     p     = p * decay                               # decoupled weight decay
     m     = lerp(m, g, 1 - beta1)                   # as in rules/adam.py (omb1's sign)
-    v     = beta2 * v + omb2 * g * g
+    v     = beta2 * v + omb2 * g * g                # one FMA, as torch's addcmul_
     denom = sqrt(v * inv_bc2) + eps                 # inv_bc2 = 1 / (1 - beta2**t)
     p     = p + cg * g / denom + cm * m / denom
 
@@ -26,7 +26,7 @@ def nadam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, inv_bc2, eps, cg, cm)
         g = g + l2 * p
     p = p * decay
     m = fma(omb1, g - m, m if omb1 > -omb1 else g)
-    v = beta2 * v + omb2 * g * g
+    v = fma(omb2 * g, g, beta2 * v)      # torch: mul_(beta2).addcmul_(g, g, omb2)
     denom = math.sqrt(v * inv_bc2) + eps
     p = p + cg * g / denom
     p = p + cm * m / denom

@@ -3,7 +3,7 @@
 ::
 
     g   = gsign * g + l2 * p
-    sq  = alpha * sq + oma * g * g                  # oma = 1 - alpha
+    sq  = alpha * sq + oma * g * g                  # oma = 1 - alpha; one FMA (addcmul_)
     ga  = lerp(ga, g, oma)                          # centered only (lw: below)
     avg = sqrt(fma(-ga, ga, sq)) + eps              # centered: sq - ga*ga, one FMA
     avg = sqrt(sq) + eps                            # otherwise
@@ -28,7 +28,7 @@ def rmsprop(p, g, sq, gsign, l2, alpha, oma, neg_lr, eps):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
-    sq = alpha * sq + oma * g * g
+    sq = fma(oma * g, g, alpha * sq)
     p = p + neg_lr * g / (math.sqrt(sq) + eps)
     return p, sq
 
@@ -37,7 +37,7 @@ def rmsprop_momentum(p, g, sq, buf, gsign, l2, alpha, oma, neg_lr, eps, momentum
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
-    sq = alpha * sq + oma * g * g
+    sq = fma(oma * g, g, alpha * sq)
     buf = momentum * buf + g / (math.sqrt(sq) + eps)
     p = p + neg_lr * buf
     return p, sq, buf
@@ -47,7 +47,7 @@ def rmsprop_centered(p, g, sq, ga, gsign, l2, alpha, oma, neg_lr, eps, lw):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
-    sq = alpha * sq + oma * g * g
+    sq = fma(oma * g, g, alpha * sq)
     ga = fma(lw, g - ga, ga if lw == oma else g)
     p = p + neg_lr * g / (math.sqrt(fma(-ga, ga, sq)) + eps)
     return p, sq, ga
@@ -58,7 +58,7 @@ def rmsprop_centered_momentum(p, g, sq, ga, buf, gsign, l2, alpha, oma, neg_lr, 
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
         g = g + l2 * p
-    sq = alpha * sq + oma * g * g
+    sq = fma(oma * g, g, alpha * sq)
     ga = fma(lw, g - ga, ga if lw == oma else g)
     buf = momentum * buf + g / (math.sqrt(fma(-ga, ga, sq)) + eps)
     p = p + neg_lr * buf

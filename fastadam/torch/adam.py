@@ -125,6 +125,8 @@ class Adam(FlatOptimizer):
         self._sparse = "accept" if sparse_grads else None
         if isinstance(betas, (tuple, list)) and len(betas) == 2:
             betas = tuple(betas)
+            if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+                raise ValueError("betas must be either both floats or both Tensors")  # as torch
         from ..lowp import master as _master
         self._param_rounding = _master.check_rounding(param_rounding)
         _lowp._transform_scalars(None, None, clip_value)          # validate
