@@ -6,9 +6,11 @@ import os
 #: out on purpose: NaN and Inf must propagate exactly as in torch.optim.
 #: ``afn``/``arcp``/``reassoc`` are left out too, and so is ``contract``: the
 #: steps are memory-bound, so fused multiply-adds or approximate sqrt/division
-#: buy no speed, while rounding each operation as the reference (and torch)
-#: does keeps float32 results within an ulp of theirs even where a momentum
-#: update cancels.  Only ``nsz`` (signed zeros may be ignored) remains.
+#: buy no speed, while rounding each operation as torch does keeps float32
+#: results within an ulp of torch's even where a momentum update cancels.  Where
+#: torch's kernels do fuse (``lerp``, ``addcmul``), the rules call
+#: :func:`fastadam.rules.fma.fma` explicitly.  Only ``nsz`` (signed zeros may be
+#: ignored) remains.
 FASTMATH = {"nsz"}
 
 #: Below this many elements the numba backend runs a serial loop: a parallel

@@ -37,7 +37,7 @@
 # the same source the numba backend compiles.  The update rules, per element:
 #
 #   adam:          g = gsign*g + l2*p; p = p*decay; m = fma(omb1, g - m, m if omb1 > 0 else g)
-#                  (torch's lerp: omb1 = 1 - beta1 if that is < 0.5, else -beta1;
+#                  (torch's lerp: omb1 = w = 1 - beta1 if w < 0.5, else w - 1;
 #                  fastadam._scalars.lerp_weight; fma rounds once);
 #                  v = beta2*v + omb2*g*g; p = p + neg_step*m / (sqrt(v)*inv_bc2_sqrt + eps)
 #   adam_amsgrad:  as adam, with vmax = max(vmax, v) (NaN-propagating) in place of v
