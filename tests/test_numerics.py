@@ -283,3 +283,32 @@ def test_betas_mixing_tensor_and_float_refused(cls, which):
     assert str(ours.value) == str(theirs.value)
     # both tensors (and both floats) are accepted, as by torch
     getattr(ft, cls)([p], betas=(torch.tensor(0.9), torch.tensor(0.999)))
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.3])
+def test_bfloat16_state_takes_torchs_lerp_branch(beta1):
+    """The reduced-precision kernels run the same rule: with bfloat16 moments and
+    ``beta1 <= 0.5`` the new ``exp_avg`` is torch's ``lerp`` (second branch) of the decoded
+    state, bit for bit before its stochastic rounding.  Gradients and moments are
+    bfloat16 numbers, so that at ``beta1 = 0`` (``exp_avg == grad``, exactly
+    representable) the rounding leaves it exact."""
+    from fastadam import lowp
+    from fastadam.lowp import state as S
+    rng = np.random.default_rng(5)
+    n = 4096
+    p = rng.standard_normal(n).astype(np.float32)
+    g = S.bf16_decode(S.bf16_encode(rng.standard_normal(n).astype(np.float32) * 1e-3))
+    st = lowp.new_state("bfloat16", n)
+    m0 = S.bf16_decode(S.bf16_encode(rng.standard_normal(n).astype(np.float32) * 1e2))
+    st["exp_avg"][...] = S.bf16_encode(m0)
+    st["exp_avg_sq"][...] = S.bf16_encode(np.abs(m0))
+    F.adam_(p, g, st["exp_avg"], st["exp_avg_sq"], state_dtype="bfloat16", step=3,
+            lr=1e-3, beta1=beta1, beta2=0.999, eps=1e-8)
+    m_t = torch.from_numpy(m0.copy()).lerp_(torch.from_numpy(g), 1 - beta1).numpy()
+    m = S.bf16_decode(st["exp_avg"])
+    if beta1 == 0.0:
+        np.testing.assert_array_equal(m, g)
+        np.testing.assert_array_equal(m_t, g)
+    else:   # within the stochastic rounding of torch's value (one bfloat16 spacing)
+        spacing = np.abs(m_t) * 2.0 ** -7
+        assert np.all(np.abs(m - m_t) <= spacing)
