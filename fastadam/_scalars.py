@@ -77,9 +77,13 @@ class PythonFloats64(PythonFloats):
     kernel_type = np.float64
 
 
+_PYTHON_FLOATS = {np.dtype(np.float32): PythonFloats32, np.dtype(np.float64): PythonFloats64}
+
+
 def python_floats(dtype):
-    """:class:`PythonFloats32` or :class:`PythonFloats64` for a float32 / float64 ``dtype``."""
-    return PythonFloats32 if dtype == np.float32 else PythonFloats64
+    """:class:`PythonFloats32` or :class:`PythonFloats64` for a float32 / float64 ``dtype``
+    (else :class:`PythonFloats`; a dict lookup: it runs once per buffer per step)."""
+    return _PYTHON_FLOATS.get(dtype, PythonFloats)
 
 
 def lerp_weight(dtype, w):
@@ -90,8 +94,9 @@ def lerp_weight(dtype, w):
     type.  For ``w`` in ``(0, 1]`` (``1 - beta1``, ``beta1`` in ``[0, 1)``), this
     returns ``w`` for the first branch (positive) and ``w - 1`` for the second (zero
     or negative): the rules compute ``fma(lw, b - a, a if lw > -lw else b)``
-    (:mod:`fastadam.rules.adam`).  RMSprop's centered rules take the same value and
-    tell the branch by ``lw == oma`` instead (``alpha`` may exceed 1).
+    (:mod:`fastadam.rules.adam`); ``w == 0`` (``beta1 == 1``) is refused before this.
+    RMSprop's centered rules take the same value and tell the branch by ``lw == oma``
+    instead, a test that holds for any ``w`` (torch accepts ``alpha > 1``).
     """
     c = dtype.type
     f = getattr(dtype, "kernel_type", None) or c     # the kernel's type (PythonFloats*)
