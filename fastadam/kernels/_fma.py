@@ -9,11 +9,18 @@ Every kernel module that compiles a rule imports this module first.
 
 from __future__ import annotations
 
+import hashlib
+import pathlib
+
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
 from ..rules.fma import fma as _fma
+
+#: Hash of this file, part of the on-disk cache keys of the kernels that inline the rules
+#: (numba's own cache check sees only the kernel's file).
+HASH = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()[:8]
 
 
 @intrinsic

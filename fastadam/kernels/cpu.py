@@ -142,7 +142,8 @@ def _parallel_loop(name: str):
 
 # Cache entries are keyed by the rules' sources, the sub-block loop's source and the
 # compile flags, which numba's own cache check (this file's timestamp) does not see.
-_RULES_HASH = _rules.source_hash(extra=repr(sorted(FASTMATH))) + _blocked.HASH
+_RULES_HASH = (_rules.source_hash(extra=repr(sorted(FASTMATH))) + _blocked.HASH
+               + _fma.HASH)
 _variants = KernelVariants(globals(), _RULES_HASH, FASTMATH, names=KERNEL_NAMES,
                            parallel_source=_parallel_loop)
 _compiled = _variants.compiled

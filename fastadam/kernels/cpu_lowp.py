@@ -559,7 +559,7 @@ KERNEL_NAMES = ("adam_f32", "adam_bf16", "adam_int8", "grad_sumsq")
 
 _HASH = _rules.source_hash(extra=repr(sorted(FASTMATH)) + f"lowp{INT8_BLOCK}/{_CHUNKS_PER_THREAD}/"
                            f"{_CHUNK}/{_SUB}/{_PREFETCH_ADAM}/{_SUMSQ_BLOCKS}/{_PREFETCH}/"
-                           + _blocked.HASH)
+                           + _blocked.HASH + _fma.HASH)
 
 
 def _parallel_loop(name: str):

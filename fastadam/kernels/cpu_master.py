@@ -49,7 +49,7 @@ from .. import rules as _rules
 from .._config import FASTMATH
 from ..rules import codecs as _codecs_r
 from ..rules import param_codecs as _pc
-from . import _blocked
+from . import _blocked, _fma
 from ._blocked import k_line, prefetch_ahead
 from ._variants import KernelVariants, use_parallel
 from .cpu_lowp import bits_f32, k_absbits_max, k_hash_index, k_hash_next, r_adam_t
@@ -360,7 +360,7 @@ def _imported_hash() -> str:
 
 
 _HASH = _rules.source_hash(extra=repr(sorted(FASTMATH)) + f"master{INT8_BLOCK}/{_CHUNK}/"
-                           + _imported_hash() + _blocked.HASH)
+                           + _imported_hash() + _blocked.HASH + _fma.HASH)
 _variants = KernelVariants(
     globals(), _HASH, lambda name: _REDUCE_FASTMATH if "sumsq" in name else FASTMATH,
     KERNEL_NAMES)

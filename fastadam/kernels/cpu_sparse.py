@@ -385,7 +385,7 @@ def _source_hash() -> str:
     h.update(f"{AHEAD}/{LOOKUPS_AHEAD}/{ITEMS_PER_THREAD}/{ROW_COST}/{RADIX_BITS}".encode())
     for mod in (_sparse_r, _adam_r):
         h.update(pathlib.Path(mod.__file__).read_bytes())
-    return h.hexdigest()[:12] + _blocked.HASH
+    return h.hexdigest()[:12] + _blocked.HASH + _fma.HASH
 
 
 # Cache entries are keyed by the rules' sources, the prefetch helper's and the compile
