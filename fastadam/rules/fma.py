@@ -3,9 +3,13 @@
 torch's CPU kernels compute ``lerp`` (both of its branches) and ``addcmul`` as
 fused multiply-adds (measured on torch 2.13: every element, vector body and
 scalar tail alike), so the rules call :func:`fma` exactly where torch.optim's
-for-loop implementation calls ``lerp_`` or ``addcmul(x, y, value=-1)``: the
-first moment of Adam / NAdam / Adamax, RMSprop's centered ``grad_avg`` and its
-``square_avg - grad_avg**2``.  Besides the one rounding, a fused ``sq - ga*ga``
+for-loop implementation calls ``lerp_`` or ``addcmul``: the first moment of
+Adam / NAdam / Adamax and RMSprop's centered ``grad_avg`` (``lerp_``), the
+second moments (``v.mul_(beta2).addcmul_(g, g, value=1 - beta2)`` is
+``fma((1 - beta2) * g, g, beta2 * v)``; RMSprop's ``square_avg``, Adagrad's
+``sum``, Adadelta's two averages likewise) and centered RMSprop's
+``square_avg - grad_avg**2``.  (torch's ``add(x, alpha=a)`` is an FMA too, in
+the L2 term and in some parameter updates; the rules leave those unfused.)  Besides the one rounding, a fused ``sq - ga*ga``
 never overflows in the product (a finite ``ga`` whose square exceeds the
 format leaves ``inf - ga*ga == inf`` where the unfused form gives
 ``inf - inf == NaN``).
