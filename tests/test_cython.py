@@ -201,7 +201,7 @@ def test_float32_arithmetic_stays_float32():
 
     assert omb1 > -omb1         # beta1 = 0.9: torch's first lerp branch
     with np.errstate(all="ignore"):
-        gg = gsign * g + l2 * p
+        gg = fma(l2, p, gsign * g) if l2 else gsign * g
         pp = p * decay
         mm = fma(omb1, gg - m, m)
         vv = fma(omb2 * gg, gg, beta2 * v)

@@ -69,6 +69,16 @@ def _configs():
         for mom in (0.0, 0.9):
             out.append(("rmsprop", dict(lr=1e-2, alpha=alpha, eps=1e-8, centered=True,
                                         momentum=mom)))
+    # torch's add(x, alpha=a) is an FMA too: the L2 term, SGD's momentum / Nesterov terms
+    # and the parameter updates of SGD, RMSprop with momentum and Adadelta
+    out.append(("adam", dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.3)))
+    out.append(("rmsprop", dict(lr=1e-2, alpha=0.99, eps=1e-8, centered=False,
+                                momentum=0.9, weight_decay=0.3)))
+    for nesterov, damp in ((False, 0.25), (True, 0.0)):
+        out.append(("sgd", dict(lr=1e-2, momentum=0.9, dampening=damp, nesterov=nesterov,
+                                weight_decay=0.3)))
+    out.append(("adagrad", dict(lr=1e-2, eps=1e-10, weight_decay=0.3)))
+    out.append(("adadelta", dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.3)))
     return out
 
 
@@ -91,6 +101,17 @@ def _states(name, o, m, v):
         return {"exp_avg": m, "exp_avg_sq": v}
     if name == "adamax":
         return {"exp_avg": m, "exp_inf": v}
+    if name == "sgd":
+        return {"momentum_buffer": m}
+    if name == "adagrad":
+        return {"sum": v}
+    if name == "adadelta":
+        return {"square_avg": v, "acc_delta": v[::-1].copy()}
+    if not o["centered"]:
+        s = {"square_avg": v}
+        if o["momentum"] > 0:
+            s["momentum_buffer"] = m
+        return s
     s = {"square_avg": v, "grad_avg": m}
     if o["momentum"] > 0:
         s["momentum_buffer"] = m[::-1].copy()
@@ -107,7 +128,9 @@ def _mu_product(beta1, momentum_decay=4e-3, steps=STEP - 1):
 def torch_step(name, o, p, g, states):
     """One step of torch.optim's for-loop implementation from ``states``."""
     cls = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam,
-           "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop}[name]
+           "adamax": torch.optim.Adamax, "rmsprop": torch.optim.RMSprop,
+           "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
+           "adadelta": torch.optim.Adadelta}[name]
     tp = torch.from_numpy(p.copy())
     tp.grad = torch.from_numpy(g.copy())
     opt = cls([tp], foreach=False, **o)
@@ -153,8 +176,10 @@ def fastadam_step(name, o, p, g, states, backend):
     kw = dict(o)
     if "betas" in kw:
         kw["beta1"], kw["beta2"] = kw.pop("betas")
-    if name != "rmsprop":
+    if name in ("adam", "nadam", "adamax", "adagrad"):
         kw["step"] = STEP
+    if name == "sgd":
+        kw["first_step"] = False
     if name == "nadam":
         kw["mu_product"] = _mu_product(kw["beta1"])
     p, states = p.copy(), {k: a.copy() for k, a in states.items()}
@@ -201,8 +226,14 @@ def test_extremes_as_torch(config, dtype, backend):
     tp, tst = torch_step(name, o, p, g, states)
     fp, fst = fastadam_step(name, o, p, g, states, backend)
     # the lerp'd moment: bitwise in the compiled backends (torch's FMA, torch's branch)
-    lerped = "grad_avg" if name == "rmsprop" else "exp_avg"
-    assert_as_torch(fst[lerped], tst[lerped], dtype, lerped, exact=backend != "numpy")
+    # the lerp'd and addcmul'd moments: bitwise in the compiled backends (torch's FMAs,
+    # torch's lerp branch)
+    exact = [k for k in ("exp_avg", "exp_avg_sq", "grad_avg", "square_avg", "sum",
+                         "momentum_buffer") if k in fst and backend != "numpy"]
+    if name == "rmsprop" and o["momentum"] > 0 and exact:
+        exact.remove("momentum_buffer")  # buf + g / avg: torch's sqrt is not IEEE's
+    for k in exact:
+        assert_as_torch(fst[k], tst[k], dtype, k, exact=True)
     for k in fst:
         assert_as_torch(fst[k], tst[k], dtype, k)
     assert_as_torch(fp, tp, dtype, "param")

@@ -14,7 +14,7 @@ from .fma import fma
 def adamax(p, g, m, u, gsign, l2, omb1, beta2, eps, neg_clr):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
-        g = g + l2 * p
+        g = fma(l2, p, g)   # torch: grad.add(param, alpha=weight_decay), one FMA
     m = fma(omb1, g - m, m if omb1 > -omb1 else g)
     a = beta2 * u
     b = abs(g) + eps

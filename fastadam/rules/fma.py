@@ -8,8 +8,11 @@ Adam / NAdam / Adamax and RMSprop's centered ``grad_avg`` (``lerp_``), the
 second moments (``v.mul_(beta2).addcmul_(g, g, value=1 - beta2)`` is
 ``fma((1 - beta2) * g, g, beta2 * v)``; RMSprop's ``square_avg``, Adagrad's
 ``sum``, Adadelta's two averages likewise) and centered RMSprop's
-``square_avg - grad_avg**2``.  (torch's ``add(x, alpha=a)`` is an FMA too, in
-the L2 term and in some parameter updates; the rules leave those unfused.)  Besides the one rounding, a fused ``sq - ga*ga``
+``square_avg - grad_avg**2`` (``addcmul``), and every ``add(x, alpha=a)``:
+the L2 term ``grad.add(param, alpha=weight_decay)`` of every optimizer, SGD's
+momentum and Nesterov terms and the parameter updates of SGD, RMSprop with
+momentum and Adadelta (``param.add_(d, alpha=-lr)``).  ``addcdiv`` (Adam's,
+NAdam's, Adamax's, Adagrad's and RMSprop's updates) divides, and is not fused.  Besides the one rounding, a fused ``sq - ga*ga``
 never overflows in the product (a finite ``ga`` whose square exceeds the
 format leaves ``inf - ga*ga == inf`` where the unfused form gives
 ``inf - inf == NaN``).

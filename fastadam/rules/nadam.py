@@ -23,7 +23,7 @@ from .fma import fma
 def nadam(p, g, m, v, gsign, l2, decay, omb1, beta2, omb2, inv_bc2, eps, cg, cm):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
-        g = g + l2 * p
+        g = fma(l2, p, g)   # torch: grad.add(param, alpha=weight_decay), one FMA
     p = p * decay
     m = fma(omb1, g - m, m if omb1 > -omb1 else g)
     v = fma(omb2 * g, g, beta2 * v)      # torch: mul_(beta2).addcmul_(g, g, omb2)

@@ -27,7 +27,7 @@ from .fma import fma
 def rmsprop(p, g, sq, gsign, l2, alpha, oma, neg_lr, eps):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
-        g = g + l2 * p
+        g = fma(l2, p, g)   # torch: grad.add(param, alpha=weight_decay), one FMA
     sq = fma(oma * g, g, alpha * sq)
     p = p + neg_lr * g / (math.sqrt(sq) + eps)
     return p, sq
@@ -36,17 +36,17 @@ def rmsprop(p, g, sq, gsign, l2, alpha, oma, neg_lr, eps):
 def rmsprop_momentum(p, g, sq, buf, gsign, l2, alpha, oma, neg_lr, eps, momentum):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
-        g = g + l2 * p
+        g = fma(l2, p, g)   # torch: grad.add(param, alpha=weight_decay), one FMA
     sq = fma(oma * g, g, alpha * sq)
     buf = momentum * buf + g / (math.sqrt(sq) + eps)
-    p = p + neg_lr * buf
+    p = fma(neg_lr, buf, p)           # torch: param.add_(buf, alpha=-lr)
     return p, sq, buf
 
 
 def rmsprop_centered(p, g, sq, ga, gsign, l2, alpha, oma, neg_lr, eps, lw):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
-        g = g + l2 * p
+        g = fma(l2, p, g)   # torch: grad.add(param, alpha=weight_decay), one FMA
     sq = fma(oma * g, g, alpha * sq)
     ga = fma(lw, g - ga, ga if lw == oma else g)
     p = p + neg_lr * g / (math.sqrt(fma(-ga, ga, sq)) + eps)
@@ -57,9 +57,9 @@ def rmsprop_centered_momentum(p, g, sq, ga, buf, gsign, l2, alpha, oma, neg_lr, 
                               momentum, lw):
     g = gsign * g
     if l2:  # as torch: no L2 term at all when weight_decay == 0
-        g = g + l2 * p
+        g = fma(l2, p, g)   # torch: grad.add(param, alpha=weight_decay), one FMA
     sq = fma(oma * g, g, alpha * sq)
     ga = fma(lw, g - ga, ga if lw == oma else g)
     buf = momentum * buf + g / (math.sqrt(fma(-ga, ga, sq)) + eps)
-    p = p + neg_lr * buf
+    p = fma(neg_lr, buf, p)           # torch: param.add_(buf, alpha=-lr)
     return p, sq, ga, buf
