@@ -8,7 +8,7 @@ import os
 #: steps are memory-bound, so fused multiply-adds or approximate sqrt/division
 #: buy no speed, while rounding each operation as torch does keeps float32
 #: results within an ulp of torch's even where a momentum update cancels.  Where
-#: torch's kernels do fuse (``lerp``, ``addcmul``), the rules call
+#: torch's kernels do fuse (``lerp``, ``addcmul``, ``add(alpha=)``), the rules call
 #: :func:`fastadam.rules.fma.fma` explicitly.  Only ``nsz`` (signed zeros may be
 #: ignored) remains.
 FASTMATH = {"nsz"}
