@@ -62,7 +62,8 @@ MODULES = ("kernels", "backend")
 _CLONES_V3_TEST = r"""
 #include <math.h>
 __attribute__((target_clones("arch=x86-64-v3", "default")))
-static void scale(float* p, long n, float a) { for (long i = 0; i < n; i++) p[i] = fmaf(p[i], a, a); }
+static void scale(float* p, long n, float a)
+{ for (long i = 0; i < n; i++) p[i] = fmaf(p[i], a, a); }
 int main(void) { float p[4] = {1, 2, 3, 4}; scale(p, 4, 2.0f); return p[3] == 10.0f ? 0 : 1; }
 """
 

@@ -1,14 +1,16 @@
 """The readable NumPy reference: ground truth for the tests, never fast.
 
 Each function is a line-by-line transcription of torch.optim's single-tensor
-("for-loop") implementation for one parameter (``p.addcdiv_(a, b, value=c)`` is
-``p += (c * a) / b``, the order of torch's kernel; ``lerp_`` and ``addcmul_``, which
-torch's CPU kernels fuse, are evaluated in a wider type to stand in for the fused
-multiply-add; torch's ``add(x, alpha=a)``, fused as well, is left unfused here), written with whole-array NumPy
+("for-loop") implementation for one parameter, written with whole-array NumPy
 operations in the array's own dtype (NumPy 2 keeps ``float32_array * 0.9`` in
 float32).  It deliberately shares no code with :mod:`fastadam.rules` or
 :mod:`fastadam._scalars`, so that the compiled kernels are checked against an
 independent derivation.  All arrays are updated in place; the caller validates.
+
+Torch's operation order is kept: ``p.addcdiv_(a, b, value=c)`` is ``p += (c * a) / b``;
+``lerp_`` and ``addcmul_``, which torch's CPU kernels compute as fused multiply-adds,
+are evaluated in a wider type to stand in for them (:func:`lerp_`, :func:`addcmul_`,
+:func:`sub_square`); torch's ``add(x, alpha=a)``, fused as well, is left unfused here.
 """
 
 from __future__ import annotations

@@ -205,7 +205,8 @@ def assert_as_torch(ours, theirs, dtype, what, exact=False):
     ok = ~nan_t
     o, t = ours[ok], theirs[ok]
     inf_bad = np.flatnonzero(np.isinf(o) != np.isinf(t))
-    assert inf_bad.size == 0, f"{what}: inf mismatch: ours {o[inf_bad[:8]]}, torch {t[inf_bad[:8]]}"
+    assert inf_bad.size == 0, (f"{what}: inf mismatch: ours {o[inf_bad[:8]]}, "
+                               f"torch {t[inf_bad[:8]]}")
     assert np.array_equal(o[np.isinf(t)], t[np.isinf(t)]), f"{what}: sign of inf"
     fin = np.isfinite(t)
     if exact:

@@ -12,7 +12,8 @@ second moments (``v.mul_(beta2).addcmul_(g, g, value=1 - beta2)`` is
 the L2 term ``grad.add(param, alpha=weight_decay)`` of every optimizer, SGD's
 momentum and Nesterov terms and the parameter updates of SGD, RMSprop with
 momentum and Adadelta (``param.add_(d, alpha=-lr)``).  ``addcdiv`` (Adam's,
-NAdam's, Adamax's, Adagrad's and RMSprop's updates) divides, and is not fused.  Besides the one rounding, a fused ``sq - ga*ga``
+NAdam's, Adamax's, Adagrad's and RMSprop's updates) divides, and is not fused.
+Besides the one rounding, a fused ``sq - ga*ga``
 never overflows in the product (a finite ``ga`` whose square exceeds the
 format leaves ``inf - ga*ga == inf`` where the unfused form gives
 ``inf - inf == NaN``).
