@@ -54,7 +54,8 @@ fused Adam; ``step()`` unscales inside the kernel and skips the step on inf/nan
 (parameters, state and step counts exactly unchanged).  ``max_grad_norm`` /
 ``clip_value`` (attributes; constructor options of Adam/AdamW) clip in the step, and
 ``Adam(..., state_dtype="bfloat16"|"int8")`` stores the moments in 2 or about 1 byte
-(:mod:`fastadam.lowp`).  CPU tensors only for these.
+(:mod:`fastadam.lowp`).  CPU tensors only for these, except ``state_dtype``, which
+CUDA tensors take too (the cuda backend's reduced-precision kernels).
 
 Parameters that an engine moves after construction (``p.data`` replaced by a view
 of its own storage: ZeroRedundancyOptimizer's parameter buckets, FSDP1) are updated

@@ -197,9 +197,6 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
                     raise TypeError(f"state_dtype={self._state_dtype!r} needs float32 "
                                     f"parameters; parameter {i} of the group has dtype "
                                     f"{p.dtype}")
-                if p.device.type != "cpu":
-                    raise ValueError(f"state_dtype={self._state_dtype!r} runs on CPU tensors "
-                                     f"only; parameter {i} of the group is on {p.device}")
             if id(p) in seen:
                 raise ValueError(f"parameter {i} of the group appears twice in it; each "
                                  "parameter can be optimized once")
@@ -207,10 +204,10 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
             if p in self._where:
                 raise ValueError("some parameters appear in more than one parameter group")
             be = self._backend_for(p.device)
-            if self._state_dtype != "float32" and be.name not in ("numba", "numpy"):
+            if self._state_dtype != "float32" and be.name not in ("numba", "numpy", "cuda"):
                 raise _backends.BackendUnavailableError(
-                    f"state_dtype={self._state_dtype!r} is implemented on the numba and numpy "
-                    f"backends, not {be.name!r}")
+                    f"state_dtype={self._state_dtype!r} is implemented on the numba, numpy "
+                    f"and cuda backends, not {be.name!r}")
             if lowp and be.name not in ("numba", "numpy"):
                 raise _backends.BackendUnavailableError(
                     f"{p.dtype} parameters (master weights) are implemented on the numba and "
