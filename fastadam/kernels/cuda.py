@@ -14,8 +14,11 @@ Inputs are any C-contiguous arrays exposing ``__cuda_array_interface__``
 (numba device arrays, CuPy arrays, PyTorch CUDA tensors), used in place
 without a copy.  Work is issued on the caller's stream: for a torch tensor
 the current torch stream of its device, for a CuPy array CuPy's current
-stream, for a numba device array the array's own stream (else the default
-stream), and otherwise the ``stream`` entry of the array interface.
+stream of its device, for a numba device array the array's own stream (else
+the default stream), and otherwise the ``stream`` entry of the array
+interface.  The launch goes on the first array's stream, after the work
+queued on the other arrays' streams (:func:`launch`).  An array of another
+producer is on the device that holds its memory (``cuPointerGetAttribute``).
 
 This module is imported only when the ``cuda`` backend is first asked for
 (importing :mod:`fastadam` does not import ``numba.cuda``); each kernel is
@@ -580,6 +583,21 @@ def launch(kernel, blocks: int, threads: int, stream, args, joins=()) -> None:
     """Launch ``kernel`` with ``blocks`` x ``threads`` on ``stream``, after the work
     queued on the streams ``joins``, which then wait for it.
 
+    Parameters
+    ----------
+    kernel : numba CUDA dispatcher
+        A kernel of this module, :mod:`.cuda_lowp` or :mod:`.cuda_sparse`.
+    blocks, threads : int
+        Grid and block size.
+    stream : numba stream or 0
+        The launch stream (0: the default stream).
+    args : tuple
+        The kernel's arguments.
+    joins : tuple of numba streams, optional
+        Other streams the arrays' pending work is on (see :func:`_streams`).
+
+    Notes
+    -----
     numba-cuda warns (``NumbaPerformanceWarning``) when it makes the launch
     configuration of a grid under 128 blocks, as every buffer under ~32K elements
     has: fastadam sizes its grids itself, so the warning is silenced for its own
