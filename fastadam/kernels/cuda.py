@@ -577,6 +577,23 @@ def grid_size(n: int) -> tuple:
 
 _configs: dict = {}
 _CONFIGS_SIZE = 512
+_perf_warning_classes = None
+
+
+def _perf_warnings() -> tuple:
+    """numba's NumbaPerformanceWarning classes: numba-cuda has its own (not a subclass of
+    numba.core's), numba's built-in CUDA target numba.core's."""
+    global _perf_warning_classes
+    if _perf_warning_classes is None:
+        import importlib
+        found = []
+        for mod in ("numba.cuda.core.errors", "numba.core.errors"):
+            try:
+                found.append(importlib.import_module(mod).NumbaPerformanceWarning)
+            except (ImportError, AttributeError):
+                pass
+        _perf_warning_classes = tuple(found)
+    return _perf_warning_classes
 
 
 def launch(kernel, blocks: int, threads: int, stream, args, joins=()) -> None:
@@ -612,9 +629,9 @@ def launch(kernel, blocks: int, threads: int, stream, args, joins=()) -> None:
         key = (kernel, blocks, threads, stream)
         cfg = _configs.get(key)
         if cfg is None:
-            from numba.core.errors import NumbaPerformanceWarning
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NumbaPerformanceWarning)
+                for category in _perf_warnings():
+                    warnings.simplefilter("ignore", category)
                 cfg = kernel[blocks, threads, stream]
             if len(_configs) >= _CONFIGS_SIZE:
                 _configs.clear()
