@@ -295,6 +295,26 @@ def test_cupy_stream_is_the_current_stream_of_the_arrays_device(monkeypatch):
     monkeypatch.setattr(K, "_external", lambda h: ("external", h))
     assert K._resolve(("cupy", 3)) == ("external", 0xC0FFEE)
     assert seen == [3]          # not the current device's stream
+    # an old CuPy (no device argument): asked with the array's device current
+    current = []
+
+    class Device:
+        def __init__(self, d):
+            self.d = d
+
+        def __enter__(self):
+            current.append(self.d)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    def old_get_current_stream():
+        seen.append(current[-1] if current else "current device")
+        return types.SimpleNamespace(ptr=0xBEEF)
+
+    fake.cuda = types.SimpleNamespace(get_current_stream=old_get_current_stream, Device=Device)
+    assert K._resolve(("cupy", 2)) == ("external", 0xBEEF)
+    assert seen == [3, 2]
 
 
 def test_streams_dedupe_and_skip_unordered_arrays(monkeypatch):

@@ -482,7 +482,11 @@ def _resolve(s):
             handle = torch.cuda.current_stream(x).cuda_stream
         elif kind == "cupy":   # CuPy's current stream *of the array's device*
             import cupy
-            handle = cupy.cuda.get_current_stream(x).ptr
+            try:
+                handle = cupy.cuda.get_current_stream(x).ptr
+            except TypeError:  # CuPy < 10: no device argument; ask with it current
+                with cupy.cuda.Device(x):
+                    handle = cupy.cuda.get_current_stream().ptr
         else:  # numba: the array's own stream, else the default stream
             return x if x else 0
     else:  # the array interface's stream entry (v3): an int, 1/2 = legacy/per-thread
