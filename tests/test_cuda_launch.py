@@ -281,6 +281,24 @@ def test_lowp_and_sparse_launches_wait_for_other_streams(monkeypatch):
     np.testing.assert_array_equal(table[[1, 4]], -0.5)
 
 
+def test_numba_arrays_own_streams_are_waited_for(monkeypatch):
+    """Raw numba device arrays given to run(): the first's stream, after the others'."""
+    from numba import cuda
+    log = Log(monkeypatch)
+    monkeypatch.setattr(K, "_resolve", lambda s: (s[1] or 0) if s else 0)
+    hs, _ = _adam_named(30, [None] * 4)
+    want = [h.copy() for h in hs]
+    F.adam_(*want, backend="numba", **ADAM)
+    d = [cuda.to_device(h).bind(s) for h, s in zip(hs, ["A", "B", "A", 0])]
+    kname, scal = _adam_scalars(1)
+    cuda_backend.run(kname, d, scal)
+    assert log.of("record", "wait", "launch") == [
+        ("record", "B"), ("wait", "A"), ("record", 0), ("wait", "A"),
+        ("launch", "adam", "A", None, 30), ("record", "A"), ("wait", "B"), ("record", "A"),
+        ("wait", 0)]
+    np.testing.assert_array_equal(d[0].copy_to_host(), want[0])
+
+
 def test_cupy_stream_is_the_current_stream_of_the_arrays_device(monkeypatch):
     seen = []
 

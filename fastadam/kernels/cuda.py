@@ -687,6 +687,16 @@ def _raw_view(k: int, a):
     return hit + (i.stream,)
 
 
+def _numba_launch(arrays):
+    """Where to launch on 1-D numba device arrays: what :func:`check` put on the first
+    (its views), else the arrays' own streams (the first's, after the others')."""
+    if hasattr(arrays[0], "_fastadam_launch"):
+        return arrays[0]._fastadam_launch
+    dev = None if SIMULATOR else _numba_array_device(arrays[0])
+    with _on_device(dev):
+        return _streams([("numba", getattr(a, "stream", 0)) for a in arrays]) + (dev,)
+
+
 def _as_views(arrays):
     """Flat views of ``arrays`` (already-made views pass through) and where to launch:
     ``(stream, joins, device)``; ``(None, None)`` when there is nothing to do."""
@@ -695,11 +705,11 @@ def _as_views(arrays):
         return None, None
     if SIMULATOR and _is_numba_device_array(first) and len(first.shape) == 1 and \
             all(_is_numba_device_array(a) for a in arrays):
-        return arrays, _launch_of_view(first)
+        return arrays, _numba_launch(arrays)
     if not SIMULATOR and isinstance(first, cuda.devicearray.DeviceNDArray) and \
             first.ndim == 1 and all(isinstance(a, cuda.devicearray.DeviceNDArray)
                                     for a in arrays):
-        return arrays, _launch_of_view(first)
+        return arrays, _numba_launch(arrays)
     # Raw device arrays (e.g. torch CUDA tensors from fastadam.torch): viewed here.
     got = [_raw_view(k, a) for k, a in enumerate(arrays)]
     _, dt0, n0, _, _ = got[0]
