@@ -401,7 +401,7 @@ def _sumsq_on(dev, items, gscale, clip, write):
         stream, joins = K._streams([c.info.stream for c, _, _ in items])
         slots = [_blocks_for(c.n, RED_THREADS) for c, _, _ in items]
         m = sum(slots)
-        part, out, hout = _stats_arrays(dev, m, stream)
+        part, out, hout = _stats_arrays(dev, m)
         for s in joins:
             K._order(s, stream)
         base = 0
@@ -425,16 +425,14 @@ def _sumsq_on(dev, items, gscale, clip, write):
         if SIMULATOR:
             r = res
         else:  # pragma: no cover - real GPU
-            if stream:
+            if stream:          # (on the default stream the copy itself was synchronous)
                 stream.synchronize()
-            else:
-                cuda.synchronize()
             r = hout.copy()
         return float(r[0]), float(r[1])
     return dev, fetch
 
 
-def _stats_arrays(dev, m, stream):
+def _stats_arrays(dev, m):
     """The partials (2 x >= m float64), the 2-element total and its pinned host copy of
     device ``dev``: made once and grown as needed (calls from several host threads at
     once are not supported)."""
