@@ -17,6 +17,13 @@ changes nothing.
 Step counts ``step`` are the count *including* this step (1 on the first
 call), as torch.optim's ``state["step"]`` after its increment.
 
+Repeated calls on the same arrays are cheap: the dense steps remember, per set of
+host arrays on the numba or cython backend, that its checks passed (a cached plan
+holding weak references, never the arrays), and while none of those arrays is
+replaced or changed (shape, strides, dtype, writeability) a call checks its
+hyperparameters, computes the scalars and makes one call of the compiled kernel
+(``fastadam/functional/_plans.py``).  Any change goes through every check again.
+
 ``backend`` is ``"auto"`` (numba for host arrays, cuda for device arrays), or
 one of :func:`fastadam.available_backends`.
 
