@@ -255,7 +255,7 @@ def test_plans_are_bounded():
     assert len(_plans._plans) == _plans.MAX_PLANS
 
 
-def test_backend_reset_drops_plans(monkeypatch):
+def test_backend_reset_drops_plans():
     """A reset backend registry (a backend hidden, say) is seen by cached plans."""
     arrays = _adam_arrays()
     t = _warm(arrays)
