@@ -61,9 +61,13 @@ class CompiledBackend(Backend):
     """A backend given by a ``run(kernel_name, arrays, scalars)`` function."""
 
     def __init__(self, name, run, check=None, device=False, bind=None, sparse_run=None,
-                 sparse_check=None):
+                 sparse_check=None, entry=None):
         self.name = name
         self.run = run
+        #: optional ``entry(kernel_name, arrays, typed_scalars) -> f``: ``f(*arrays,
+        #: *scalars)`` runs the kernel on arrays typed as those (checked by the caller)
+        #: with the least per-call overhead (:func:`fastadam.kernels.cpu.entry`)
+        self.entry = entry
         #: optional ``sparse_run(kernel_name, tables, indices, values, scalars)``: the
         #: row-sparse kernels (:func:`fastadam.kernels.cpu_sparse.run`,
         #: :func:`fastadam.kernels.cuda_sparse.run` with ``sparse_check`` its checks)
@@ -143,7 +147,8 @@ def _load_numba():
         from .kernels import cpu, cpu_sparse
     except ImportError as e:
         raise BackendUnavailableError(f"the numba backend needs numba, which failed to import: {e}") from e
-    return CompiledBackend("numba", cpu.run, bind=cpu.bind, sparse_run=cpu_sparse.run)
+    return CompiledBackend("numba", cpu.run, bind=cpu.bind, sparse_run=cpu_sparse.run,
+                           entry=cpu.entry)
 
 
 def _load_cython():
@@ -243,7 +248,13 @@ def resolve(name, array) -> Backend:
     raise BackendUnavailableError("no backend available")  # pragma: no cover
 
 
+#: bumped by :func:`reset_cache`: a caller that keeps a backend (cached plans) checks it
+generation = 0
+
+
 def reset_cache() -> None:  # used by tests that hide a backend
+    global generation
+    generation += 1
     _cache.clear()
     _failures.clear()
     importlib.invalidate_caches()
