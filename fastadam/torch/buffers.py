@@ -71,6 +71,25 @@ def _flat_tensor(n: int, dtype, device, fill=None, lazy=False):
     return torch.from_numpy(a)
 
 
+def _view(flat, lo: int, hi: int, shape=None):
+    """Elements ``lo:hi`` of the flat tensor ``flat``, as a tensor of ``shape``.
+
+    On the CPU the view is a tensor with a storage of its own over those
+    elements of the flat buffer's memory (``torch.from_numpy`` of a NumPy slice,
+    which keeps the buffer alive), not a slice of the flat storage: pickling it
+    (``pickle``, ``multiprocessing``, ``copy.deepcopy``, a per-tensor
+    ``torch.save``) then writes its own elements, not the whole flat buffer.
+    On CUDA, a slice of the flat tensor.
+    """
+    if flat.device.type != "cpu":
+        v = flat[lo:hi]
+    elif flat.dtype in _LOWP_PARAMS:
+        v = torch.from_numpy(flat.view(torch.int16).numpy()[lo:hi]).view(flat.dtype)
+    else:
+        v = torch.from_numpy(flat.numpy()[lo:hi])
+    return v if shape is None else v.view(shape)
+
+
 _BLOCK = _lowp.INT8_BLOCK
 _SCALES = ("exp_avg_scale", "exp_avg_sq_scale")
 #: state_dtype -> {state name: torch dtype} (float32: the parameter's dtype)
@@ -119,8 +138,8 @@ class _Bucket:
         with torch.no_grad():
             for i, p in enumerate(params):
                 e = offs[i] + p.numel()
-                v = self.data[offs[i]:e].view(p.shape)
-                gv = self.grad[offs[i]:e].view(p.shape)
+                v = _view(self.data, offs[i], e, p.shape)
+                gv = _view(self.grad, offs[i], e, p.shape)
                 v.copy_(p.detach())
                 p.data = v
                 if p.grad is not None and p.grad.layout == torch.strided:
@@ -167,10 +186,10 @@ class _Bucket:
             t = _flat_tensor(o[-1] // _BLOCK if name in _SCALES else o[-1], dt, self.device, 0)
         self.state[name] = t
         if name in _SCALES:                 # one float32 scale per block of each parameter
-            self.sviews[name] = [t[o[i] // _BLOCK:o[i] // _BLOCK + _lowp.nblocks(p.numel())]
+            self.sviews[name] = [_view(t, o[i] // _BLOCK, o[i] // _BLOCK + _lowp.nblocks(p.numel()))
                                  for i, p in enumerate(self.params)]
         else:
-            self.sviews[name] = [t[o[i]:o[i] + p.numel()].view(p.shape)
+            self.sviews[name] = [_view(t, o[i], o[i] + p.numel(), p.shape)
                                  for i, p in enumerate(self.params)]
         # bf16 state: torch.bfloat16 tensors; the kernels see the same bits as uint16
         self.host[name] = self._host(t)
@@ -189,7 +208,7 @@ class _Bucket:
         self.row_offsets = ro
         t = _flat_tensor(ro[-1], self.dtype, self.device, fill)
         self.state[name] = t
-        self.sviews[name] = [t[ro[i]:ro[i + 1]] for i in range(len(self.params))]
+        self.sviews[name] = [_view(t, ro[i], ro[i + 1]) for i in range(len(self.params))]
         self.host[name] = self._host(t)
         self.arrays.clear()
         self.started = [False] * len(self.params)
@@ -252,9 +271,9 @@ class _BufferMixin:
         """Point ``self.state[p]`` at the flat views of parameter ``i`` of bucket ``b``."""
         st = self.state[b.params[i]]
         if self._has_step:
-            st["step"] = b.steps_t[i]
+            st["step"] = _view(b.steps_t, i, i + 1, ())
         if self._needs_mu:
-            st["mu_product"] = b.mu_t[i]
+            st["mu_product"] = _view(b.mu_t, i, i + 1, ())
         for name, views in b.sviews.items():
             st[name] = views[i]
         b.started[i] = True
