@@ -25,6 +25,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _backends, _scalars
 from .. import lowp as _lowp
+from .tracked import _Params
 
 _NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 #: Low-precision parameter dtypes (Adam / AdamW, float32 master weights, CPU) -> format
@@ -111,7 +112,7 @@ class _Bucket:
     __slots__ = ("gi", "dtype", "np_dtype", "device", "cuda", "params", "offsets", "data",
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
-                 "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets")
+                 "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -135,19 +136,24 @@ class _Bucket:
         self.data = _flat_tensor(n, self.dtype, self.device, 0 if align > 1 else None)
         self.grad = _flat_tensor(n, self.dtype, self.device, 0, lazy=True)
         self.views, self.gviews = [], []
+        # parameters in shared memory (model.share_memory(): Hogwild workers) stay where
+        # they are: the optimizer takes their memory as the flat buffer when they lie in
+        # it back to back (_adopt), else steps a copy and writes it back each step
+        self.shared = not self.cuda and any(p.is_shared() for p in params)
         with torch.no_grad():
             for i, p in enumerate(params):
                 e = offs[i] + p.numel()
                 v = _view(self.data, offs[i], e, p.shape)
                 gv = _view(self.grad, offs[i], e, p.shape)
                 v.copy_(p.detach())
-                p.data = v
+                if not self.shared:
+                    p.data = v
                 if p.grad is not None and p.grad.layout == torch.strided:
                     gv.copy_(p.grad)
                     p.grad = gv         # (a sparse gradient is left as it is)
                 self.views.append(v)
                 self.gviews.append(gv)
-        self.ptrs = [_data_ptr(p) for p in params]
+        self.ptrs = [_data_ptr(v) for v in self.views]
         self.state = {}      # name -> flat tensor
         self.sviews = {}     # name -> per-parameter views
         self.steps_t = torch.zeros(len(params), dtype=scalar_dtype)
@@ -263,19 +269,29 @@ class _BufferMixin:
             for i, p in enumerate(plist):
                 self._where[p] = (b, i)
             self._buckets.append(b)
+            if b.shared:
+                self._adopt(b)          # the parameters' shared memory, if laid out flat
             if b.cuda:
                 self._step_supports_amp_scaling = False
+        plist = _Params(self._flag, group["params"])
+        group["params"] = plist
+        if gi < len(self._plists):
+            self._plists[gi], self._gparams[gi] = plist, list(plist)
+        else:
+            self._plists.append(plist)
+            self._gparams.append(list(plist))
         self._hp_cache.clear()
 
     def _populate(self, b, i):
         """Point ``self.state[p]`` at the flat views of parameter ``i`` of bucket ``b``."""
         st = self.state[b.params[i]]
+        put = dict.__setitem__          # not an edit by the user (:mod:`.tracked`)
         if self._has_step:
-            st["step"] = _view(b.steps_t, i, i + 1, ())
+            put(st, "step", _view(b.steps_t, i, i + 1, ()))
         if self._needs_mu:
-            st["mu_product"] = _view(b.mu_t, i, i + 1, ())
+            put(st, "mu_product", _view(b.mu_t, i, i + 1, ()))
         for name, views in b.sviews.items():
-            st[name] = views[i]
+            put(st, name, views[i])
         b.started[i] = True
 
     @staticmethod

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .. import _scalars, _threads
-from .buffers import _SCALES, _data_ptr
+from .buffers import _SCALES, _data_ptr, _view
+from .hparams import _Stale
 from .sparse import _densify, _SparseGrad
 
 #: A gradient tensor that is not a view of the flat buffer (a fresh one from
@@ -66,6 +67,8 @@ class _StepMixin:
             buffer.  A ``.grad`` that is None stays None; a sparse one stays sparse
             and is zeroed, as in torch.
         """
+        if self._flag.dirty:
+            self._sync()
         for b in self._buckets:
             if set_to_none:
                 for p in b.params:
@@ -116,8 +119,14 @@ class _StepMixin:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._flag.dirty:              # optimizer.state or a "params" list edited
+            self._sync()
         groups = self.param_groups
-        plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
+        try:
+            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
+        except _Stale:                    # a group's "params" list was replaced
+            self._sync()
+            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
         _threads.follow(torch.get_num_threads())     # as torch's own ops (fastadam._threads)
         grad_scale = getattr(self, "grad_scale", None)      # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
@@ -137,6 +146,9 @@ class _StepMixin:
             self._check_dense_grads(grads)
         bound = all(map(_is, grads, b.gviews))
         moved = list(map(_data_ptr, params)) != b.ptrs
+        if moved and not b.cuda and self._regrid(b):
+            grads = list(map(_grad_of, params))
+            bound = False
         if bound and not moved and b.uniform:
             if self._needs_mu:
                 self._check_mu(rec[0], int(b.steps[0]) + 1, float(b.mu[0]))
@@ -215,6 +227,21 @@ class _StepMixin:
             for a, _, _ in runs:
                 self._check_mu(hp, int(b.steps[a]) + 1, float(b.mu[a]))
         return b, rec, readopt, copies, runs
+
+    @staticmethod
+    def _regrid(b):
+        """New views of the flat gradient for those whose storage was moved under them
+        (``model.share_memory()`` moves every ``.grad``, bound ones included); the moved
+        gradients are then copied in.  Whether any was."""
+        o, size = b.offsets, b.grad.element_size()
+        base = b.grad.data_ptr()
+        stale = [i for i, g in enumerate(b.gviews)
+                 if g.numel() and g.data_ptr() != base + o[i] * size]
+        for i in stale:
+            b.gviews[i] = _view(b.grad, o[i], o[i] + b.gviews[i].numel(), b.gviews[i].shape)
+            if b.gnp is not None:
+                b.gnp[i] = b.gviews[i].numpy()
+        return bool(stale)
 
     def _execute(self, b, rec, readopt, copies, runs):
         back = self._prepare(b, rec, readopt, copies, runs)
