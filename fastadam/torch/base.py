@@ -2,8 +2,10 @@
 
 :class:`FlatOptimizer` holds what is its own -- construction, ``add_param_group``
 (every check on a new group's parameters, then flattening it), the patched
-``step`` wrapper that skips torch's profiler and hook loops while none is active,
-and the refusal to be pickled -- and is composed of the mixins that do the rest:
+``step`` wrapper that skips torch's profiler and hook loops while none is active
+(and that Dynamo does not trace: :func:`_skip_dynamo`), ``state_dict``, and pickle /
+deepcopy (rebuilt over the copied parameters) -- and is composed of the mixins that do
+the rest:
 
 * :class:`~fastadam.torch.step._StepMixin` (:mod:`.step`): ``step()``,
   ``zero_grad()``, planning the kernel runs, gradient copies, kernel calls;
@@ -13,6 +15,8 @@ and the refusal to be pickled -- and is composed of the mixins that do the rest:
   ``load_state_dict``;
 * :class:`~fastadam.torch.buffers._BufferMixin` (:mod:`.buffers`): the flat
   buffers of the param groups and engine-owned parameter storage;
+* :class:`~fastadam.torch.tracked._SyncMixin` (:mod:`.tracked`): ``state``, and
+  carrying edits of it and of the groups' ``"params"`` into the flat buffers;
 * :class:`~fastadam.torch.hparams._HparamsMixin` (:mod:`.hparams`): the
   hyperparameters of the groups.
 
@@ -246,8 +250,11 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
         self._flatten_group(len(self.param_groups) - 1)
 
 
-    def _check_params(self, tensors, merged, gi, where):
-        """Check the parameters of group ``gi`` (its options ``merged``); changes nothing."""
+    def _check_params(self, tensors, merged, gi, where, other_groups=True):
+        """Check the parameters of group ``gi`` (its options ``merged``); changes nothing.
+
+        ``other_groups``: also refuse a parameter of another group (the caller checks
+        that itself when several groups' lists change at once)."""
         seen = set()
         for i, p in enumerate(tensors):
             if not isinstance(p, torch.Tensor):
@@ -304,7 +311,7 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
                 raise ValueError(f"parameter {i} of {where} appears twice in it; each "
                                  "parameter can be optimized once")
             seen.add(id(p))
-            if p in self._where and self._where[p][0].gi != gi:
+            if other_groups and p in self._where and self._where[p][0].gi != gi:
                 raise ValueError("some parameters appear in more than one parameter group")
             be = self._backend_for(p.device)
             if self._state_dtype != "float32" and be.name not in ("numba", "numpy"):

@@ -195,6 +195,13 @@ class _SyncMixin:
         changed = [gi for gi, g in enumerate(groups) if self._group_changed(gi, g)]
         if not changed:
             return
+        owner = {}                                   # a parameter in two groups?
+        for gi, g in enumerate(groups):
+            plist = g["params"]
+            for p in [plist] if isinstance(plist, torch.Tensor) else plist:
+                if owner.setdefault(id(p), gi) != gi:
+                    raise ValueError("some parameters appear in more than one parameter "
+                                     f"group (param_groups[{gi}]['params'])")
         for gi in changed:                           # check every new list first
             g = groups[gi]
             plist = g["params"]
@@ -204,34 +211,32 @@ class _SyncMixin:
                 raise TypeError(f"param_groups[{gi}]['params'] must be a list of Tensors")
             merged = dict(self.defaults)
             merged.update((k, v) for k, v in g.items() if k != "params")
-            self._check_params(list(plist), merged, gi, f"param_groups[{gi}]['params']")
+            self._check_params(list(plist), merged, gi, f"param_groups[{gi}]['params']",
+                               other_groups=False)
         state = self._state
+        snap = {}
+        for b in [b for b in self._buckets if b.gi in changed]:
+            for p in b.params:
+                st = dict.get(state, p)
+                if id(p) in owner and st:     # still optimized (maybe in another group):
+                    snap[p] = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                               for k, v in st.items()}    # its state as it is now, copied
+                else:
+                    dict.pop(state, p, None)  # removed: no longer stepped, state dropped
+                self._where.pop(p, None)
+        self._buckets = [b for b in self._buckets if b.gi not in changed]
         for gi in changed:
-            g = groups[gi]
-            plist = g["params"]
-            plist = [plist] if isinstance(plist, torch.Tensor) else list(plist)
-            keep = set(map(id, plist))
-            snap = {}
-            for b in [b for b in self._buckets if b.gi == gi]:
-                for p in b.params:
-                    st = dict.get(state, p)
-                    if id(p) in keep and st:     # kept: its state as it is now, copied
-                        snap[p] = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                                   for k, v in st.items()}
-                    else:
-                        dict.pop(state, p, None)
-                    self._where.pop(p, None)
-            self._buckets = [b for b in self._buckets if b.gi != gi]
-            g["params"] = _Params(self._flag, plist)
+            plist = groups[gi]["params"]
+            groups[gi]["params"] = _Params(
+                self._flag, [plist] if isinstance(plist, torch.Tensor) else plist)
             self._flatten_group(gi)
-            for p, st in snap.items():       # copied into the new buffers by _sync_state
-                dict.__setitem__(state, p, _ParamState(self._flag, st))
+        for p, st in snap.items():            # copied into the new buffers by _sync_state
+            dict.__setitem__(state, p, _ParamState(self._flag, st))
 
     def _sync_state(self):
         state = self._state
         entries, resets = [], []
         for b in self._buckets:
-            views = b.sviews
             for i, p in enumerate(b.params):
                 st = dict.get(state, p)
                 if not st:
@@ -240,9 +245,9 @@ class _SyncMixin:
                     continue
                 if b.started[i] and self._owned(b, i, st):
                     continue
-                need = list(views) + [n for n in self._hp_record(
-                    b.gi, self.param_groups[b.gi])[2] if n not in views]
-                missing = [n for n in need if n not in st and n != "master_param"]
+                # what the step reads (torch.optim: KeyError without it)
+                need = self._hp_record(b.gi, self.param_groups[b.gi])[2]
+                missing = [n for n in need if n not in st]
                 if missing:             # torch.optim: KeyError at the step
                     raise KeyError(f"optimizer.state of parameter {i} of param group {b.gi} "
                                    f"has no {missing[0]!r} (a parameter's state is either "
