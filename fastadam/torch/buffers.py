@@ -112,7 +112,8 @@ class _Bucket:
     __slots__ = ("gi", "dtype", "np_dtype", "device", "cuda", "params", "offsets", "data",
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
-                 "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared")
+                 "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared",
+                 "anchor")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -135,6 +136,10 @@ class _Bucket:
         n = offs[-1]
         self.data = _flat_tensor(n, self.dtype, self.device, 0 if align > 1 else None)
         self.grad = _flat_tensor(n, self.dtype, self.device, 0, lazy=True)
+        # a torch view of the flat gradient, kept alive: zero_() of a CPU tensor with
+        # no view uses memset, measured 450 ns against 285 ns with one (16 KiB, this
+        # machine's glibc); the per-parameter views below have storages of their own
+        self.anchor = self.grad[:0]
         self.views, self.gviews = [], []
         # parameters in shared memory (model.share_memory(): Hogwild workers) stay where
         # they are: the optimizer takes their memory as the flat buffer when they lie in
