@@ -429,3 +429,21 @@ def test_parameter_moved_to_another_group():
         _train(mt, ot, batch)
         for i, (p, q) in enumerate(zip(m.parameters(), mt.parameters())):
             _close(p, q, f"parameter {i}")
+
+
+@pytest.mark.parametrize("set_to_none", [False, True])
+def test_share_memory_after_construction(set_to_none):
+    """model.share_memory() once the optimizer is made (gradients bound to the flat
+    buffer move too): the step follows the parameters and gradients into shared memory."""
+    m, o, mt, ot = _pair("Adam", dict(lr=0.05))
+    data = _data(5)
+    for batch in data[:2]:
+        _train(m, o, batch, set_to_none=set_to_none)
+        _train(mt, ot, batch, set_to_none=set_to_none)
+    m.share_memory()
+    mt.share_memory()
+    for batch in data[2:]:
+        _train(m, o, batch, set_to_none=set_to_none)
+        _train(mt, ot, batch, set_to_none=set_to_none)
+        _same(m, o, mt, ot)
+    assert all(p.is_shared() for p in m.parameters())

@@ -113,7 +113,7 @@ class _Bucket:
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
                  "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared",
-                 "anchor")
+                 "anchor", "probe")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -159,6 +159,10 @@ class _Bucket:
                 self.views.append(v)
                 self.gviews.append(gv)
         self.ptrs = [_data_ptr(v) for v in self.views]
+        # (index, address) of the first non-empty gradient view: zero_grad() checks that
+        # its storage was not moved under it (model.share_memory(): step._regrid)
+        k = next((i for i, p in enumerate(params) if p.numel()), None)
+        self.probe = None if k is None or self.cuda else (k, self.gviews[k].data_ptr())
         self.state = {}      # name -> flat tensor
         self.sviews = {}     # name -> per-parameter views
         self.steps_t = torch.zeros(len(params), dtype=scalar_dtype)

@@ -75,7 +75,10 @@ class _StepMixin:
                     p.grad = None
                 continue
             grads = list(map(_grad_of, b.params))
-            if all(map(_is, grads, b.gviews)):
+            probe = b.probe
+            if probe is not None and b.gviews[probe[0]].data_ptr() != probe[1]:
+                self._regrid(b)             # moved into shared memory: re-bound below
+            elif all(map(_is, grads, b.gviews)):
                 b.grad.zero_()
                 continue
             dense = []
@@ -230,17 +233,22 @@ class _StepMixin:
 
     @staticmethod
     def _regrid(b):
-        """New views of the flat gradient for those whose storage was moved under them
-        (``model.share_memory()`` moves every ``.grad``, bound ones included); the moved
-        gradients are then copied in.  Whether any was."""
-        o, size = b.offsets, b.grad.element_size()
-        base = b.grad.data_ptr()
-        stale = [i for i, g in enumerate(b.gviews)
-                 if g.numel() and g.data_ptr() != base + o[i] * size]
-        for i in stale:
-            b.gviews[i] = _view(b.grad, o[i], o[i] + b.gviews[i].numel(), b.gviews[i].shape)
-            if b.gnp is not None:
-                b.gnp[i] = b.gviews[i].numpy()
+        """New views of the flat buffers for those whose storage was moved under them.
+
+        ``model.share_memory()`` moves each parameter's storage -- which its view in
+        ``b.views`` shares -- and each ``.grad``'s, bound ones included, into shared
+        memory.  The moved parameters are then stepped by copy (``_prepare``), the
+        moved gradients copied in.  Returns whether a gradient view was replaced.
+        """
+        o = b.offsets
+        for views, flat in ((b.views, b.data), (b.gviews, b.grad)):
+            base, size = flat.data_ptr(), flat.element_size()
+            stale = [i for i, v in enumerate(views)
+                     if v.numel() and v.data_ptr() != base + o[i] * size]
+            for i in stale:
+                views[i] = _view(flat, o[i], o[i] + views[i].numel(), views[i].shape)
+                if views is b.gviews and b.gnp is not None:
+                    b.gnp[i] = views[i].numpy()
         return bool(stale)
 
     def _execute(self, b, rec, readopt, copies, runs):
