@@ -447,3 +447,50 @@ def test_share_memory_after_construction(set_to_none):
         _train(mt, ot, batch, set_to_none=set_to_none)
         _same(m, o, mt, ot)
     assert all(p.is_shared() for p in m.parameters())
+
+
+def _emb_grad(p, k):
+    idx = torch.tensor([k % 6, (k + 2) % 6, k % 6])
+    vals = torch.linspace(-1, 1, 3 * p.shape[1], dtype=p.dtype).reshape(3, -1) * (k + 1)
+    return torch.sparse_coo_tensor(idx[None], vals, p.shape)
+
+
+FRESH = {   # optimizers beyond torch.optim's: a cleared state must restart as a new one
+    "Adam-int8": (lambda ps: ft.Adam(ps, lr=0.01, state_dtype="int8"), torch.float32, False),
+    "Adam-bf16-state": (lambda ps: ft.Adam(ps, lr=0.01, state_dtype="bfloat16"),
+                        torch.float32, False),
+    "Adam-bf16-param": (lambda ps: ft.Adam(ps, lr=0.01), torch.bfloat16, False),
+    "SparseAdam": (lambda ps: ft.SparseAdam(ps, lr=0.01), torch.float32, True),
+    "RowWiseAdagrad": (lambda ps: ft.RowWiseAdagrad(ps, lr=0.1), torch.float32, True),
+    "Adam-lazy": (lambda ps: ft.Adam(ps, lr=0.01, sparse_grads="lazy"), torch.float32, True),
+}
+
+
+@pytest.mark.parametrize("case", list(FRESH))
+def test_cleared_state_restarts_as_a_new_optimizer(case):
+    make, dtype, sparse = FRESH[case]
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(6, 300, dtype=torch.float32).to(dtype))
+
+    def grad(k):
+        if sparse:
+            return _emb_grad(p, k)
+        return (torch.linspace(-1, 1, p.numel()).reshape(p.shape) * (k + 1)).to(dtype)
+
+    o = make([p])
+    for k in range(2):
+        p.grad = grad(k)
+        o.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    o.state[p].clear()
+    fresh = make([q])
+    for k in range(2, 5):
+        p.grad = grad(k)
+        o.step()
+        q.grad = grad(k).clone() if not sparse else _emb_grad(q, k)
+        fresh.step()
+        assert torch.equal(p.detach(), q.detach()), k
+        sa, sb = o.state_dict()["state"], fresh.state_dict()["state"]
+        assert sorted(sa[0]) == sorted(sb[0])
+        for key in sa[0]:
+            assert torch.equal(torch.as_tensor(sa[0][key]), torch.as_tensor(sb[0][key])), key

@@ -169,9 +169,7 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
     def state_dict(self) -> dict:
         """torch.optim's ``state_dict``, after applying any edit of ``state`` or of a
         group's ``"params"`` (so it describes exactly what the next step uses)."""
-        if self._flag.dirty or any(g["params"] is not pl for g, pl in
-                                   zip(self.param_groups, self._plists)):
-            self._sync()
+        self._settle()
         sd = super().state_dict()
         # plain dicts (torch.load(weights_only=True) refuses a subclass); the values are
         # the live views, as torch.optim's
@@ -183,9 +181,7 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
     def __getstate__(self):
         """What rebuilds this optimizer (``copy.deepcopy``, ``pickle``): its options,
         param groups (with the parameters) and a copy of the state, keyed by parameter."""
-        if self._flag.dirty or any(g["params"] is not pl for g, pl in
-                                   zip(self.param_groups, self._plists)):
-            self._sync()
+        self._settle()
         d = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
         d["param_groups"] = [dict(g, params=list(g["params"])) for g in self.param_groups]
         d["_saved_state"] = {
@@ -248,7 +244,6 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
         self._check_params(tensors, merged, len(self.param_groups), "the group")
         super().add_param_group(param_group)
         self._flatten_group(len(self.param_groups) - 1)
-
 
     def _check_params(self, tensors, merged, gi, where, other_groups=True):
         """Check the parameters of group ``gi`` (its options ``merged``); changes nothing.

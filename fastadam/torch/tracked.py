@@ -181,6 +181,12 @@ class _SyncMixin:
         self._sync_state()
         self._flag.dirty = False
 
+    def _settle(self):
+        """:meth:`_sync` if an edit is pending (a replaced ``"params"`` list included)."""
+        if self._flag.dirty or any(g["params"] is not pl for g, pl in
+                                   zip(self.param_groups, self._plists)):
+            self._sync()
+
     def _group_changed(self, gi, group):
         plist = group["params"]
         old = self._gparams[gi]
