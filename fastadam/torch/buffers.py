@@ -113,7 +113,7 @@ class _Bucket:
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
                  "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared",
-                 "anchor", "probe")
+                 "anchor", "probe", "noadopt")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -159,6 +159,7 @@ class _Bucket:
                 self.views.append(v)
                 self.gviews.append(gv)
         self.ptrs = [_data_ptr(v) for v in self.views]
+        self.noadopt = None  # the parameters' addresses when _adopt last failed
         # (index, address) of the first non-empty gradient view: zero_grad() checks that
         # its storage was not moved under it (model.share_memory(): step._regrid)
         k = next((i for i, p in enumerate(params) if p.numel()), None)
@@ -315,6 +316,10 @@ class _BufferMixin:
         """Take the parameters' new storage as the flat buffer (no copy) when they lie in
         it back to back in the bucket's order (ZeRO's bucket views, an FSDP FlatParameter).
         """
+        ptrs = [_data_ptr(p) for p in b.params]
+        if ptrs == b.noadopt:                # as at the last try: stepped by copy again
+            return False
+        b.noadopt = ptrs
         ps = [p.detach() for p in b.params]
         o = b.offsets
         nz = [(i, d) for i, d in enumerate(ps) if d.numel()]
@@ -329,6 +334,7 @@ class _BufferMixin:
                 return False
         if base < 0 or (base + o[-1]) * d0.element_size() > st.nbytes():
             return False
+        b.noadopt = None
         flat = torch.empty(0, dtype=b.dtype, device=b.device).set_(st, base, (o[-1],))
         b.data = flat
         b.views = [flat[o[i]:o[i + 1]].view(p.shape) for i, p in enumerate(b.params)]
