@@ -494,3 +494,55 @@ def test_cleared_state_restarts_as_a_new_optimizer(case):
         assert sorted(sa[0]) == sorted(sb[0])
         for key in sa[0]:
             assert torch.equal(torch.as_tensor(sa[0][key]), torch.as_tensor(sb[0][key])), key
+
+
+ZERO_LOAD = textwrap.dedent("""
+    import copy, os, socket, sys
+    import torch, torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    import fastadam.torch as ft
+
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    torch.set_default_dtype(torch.float64)
+
+    def run(cls, **kw):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(4, 3)
+        z = ZeroRedundancyOptimizer(m.parameters(), optimizer_class=cls, lr=0.1, **kw)
+        x = torch.randn(5, 4)
+        def step():
+            z.zero_grad()
+            (m(x) ** 2).sum().backward()
+            z.step()
+        step(); step()
+        z.consolidate_state_dict(0)
+        ckpt = copy.deepcopy(z.state_dict())
+        step(); step()
+        z.load_state_dict(ckpt)     # sets z.optim.state[p] = ... (an edit of the state)
+        step()
+        return [p.detach().clone() for p in m.parameters()], z.optim.state_dict()["state"]
+
+    (pa, sa), (pb, sb) = run(torch.optim.Adam, foreach=False), run(ft.Adam)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-13)
+    for k in sa:
+        for key in sa[k]:
+            torch.testing.assert_close(sb[k][key], sa[k][key], rtol=1e-10, atol=1e-13)
+    dist.destroy_process_group()
+    print("OK")
+""")
+
+
+def test_zero_redundancy_optimizer_load_state_dict(tmp_path):
+    """ZeroRedundancyOptimizer.load_state_dict assigns the inner optimizer's
+    ``state[p]``: fastadam now takes it (it was silently ignored)."""
+    script = tmp_path / "zero_load.py"
+    script.write_text(ZERO_LOAD)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(ft.__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
