@@ -378,6 +378,8 @@ def test_compiled_step_gives_torchs_results(name, kw):
 def test_deepcopy_model_and_optimizer(name, kw):
     m, o, mt, ot = _pair(name, kw)
     data = _data(6)
+    for opt in (o, ot):     # a scheduler wraps opt.step on the instance
+        torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     for batch in data[:2]:
         _train(m, o, batch)
         _train(mt, ot, batch)

@@ -182,7 +182,11 @@ class FlatOptimizer(_StepMixin, _TransformMixin, _CheckpointMixin, _SparseMixin,
         """What rebuilds this optimizer (``copy.deepcopy``, ``pickle``): its options,
         param groups (with the parameters) and a copy of the state, keyed by parameter."""
         self._settle()
-        d = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
+        # as torch.optim keeps only its own: not what others set on the instance (an LR
+        # scheduler's wrapper of ``step``, bound to this optimizer, and its flag)
+        cls = type(self)
+        d = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT
+             and k != "_opt_called" and not (callable(v) and hasattr(cls, k))}
         d["param_groups"] = [dict(g, params=list(g["params"])) for g in self.param_groups]
         d["_saved_state"] = {
             p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
