@@ -548,3 +548,23 @@ def test_zero_redundancy_optimizer_load_state_dict(tmp_path):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=300, env=env, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+
+
+def test_load_state_dict_after_appending_a_parameter():
+    """A parameter appended before load_state_dict is part of the group the checkpoint
+    is matched against (torch: the same)."""
+    data = _data(4)
+    m, o, mt, ot = _pair("Adam", dict(lr=0.05), n_layers=2)
+    for batch in data[:2]:
+        _train(m, o, batch)
+        _train(mt, ot, batch)
+    extra, extra_t = (torch.nn.Parameter(torch.ones(5, dtype=torch.float64)) for _ in range(2))
+    o.param_groups[0]["params"].append(extra)
+    ot.param_groups[0]["params"].append(extra_t)
+    sd = ot.state_dict()
+    o.load_state_dict(sd)
+    ot.load_state_dict(sd)
+    for batch in data[2:]:
+        _train(m, o, batch)
+        _train(mt, ot, batch)
+        _same(m, o, mt, ot)

@@ -52,6 +52,7 @@ class _CheckpointMixin:
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         sd = state_dict.copy()
+        self._sync_groups()         # a pending edit of a group's "params" list (.tracked)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             r = hook(self, sd)
             if r is not None:
@@ -87,7 +88,7 @@ class _CheckpointMixin:
             p = id_map.get(k)
             if p is None:
                 continue
-            entries.append(self._parse_state(repr(k), p, v))
+            entries.append(self._parse_state(k, p, v))
         # -- commit
         state = self.state
         for b in self._buckets:
