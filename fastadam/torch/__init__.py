@@ -43,6 +43,9 @@ torch.optim's semantics are kept exactly:
 * Hyperparameters are read from ``param_groups`` at every step, so LR
   schedulers and manual changes take effect; validated values are cached
   while a group's values do not change.
+* Edits of ``optimizer.state`` (``state[p].clear()``, ``del state[p]``,
+  ``state[p]["exp_avg"] = t``, ``optimizer.state = defaultdict(dict)``) and of a
+  group's ``"params"`` list mean what they mean in torch (:mod:`.tracked`).
 * ``state_dict()`` is torch.optim's format (per-parameter ``step`` tensors,
   ``exp_avg``, ``exp_avg_sq``, NAdam's ``mu_product``, ...), so
   ``torch.optim.Adam`` loads a fastadam checkpoint and ``fastadam.torch.Adam``
@@ -74,8 +77,8 @@ Layout
 ------
 =====================  ===============================================================
 :mod:`.base`           :class:`FlatOptimizer`: construction, ``add_param_group`` and its
-                       checks, the ``step`` hook/profiler patch, pickling; composed of
-                       the mixins below
+                       checks, the ``step`` hook/profiler patch, ``state_dict``, pickle
+                       and deepcopy; composed of the mixins below
 :mod:`.step`           ``step()``, ``zero_grad()``: planning the runs of a bucket,
                        gradient copies, kernel calls
 :mod:`.transformed`    the transformed step: unscaling, inf/nan skipping, clipping (AMP)
@@ -83,6 +86,8 @@ Layout
 :mod:`.buffers`        ``_Bucket`` (the flat buffers of a group), flat tensors, state
                        views, adoption of engine-owned storage (ZeRO, FSDP1)
 :mod:`.hparams`        hyperparameters of the groups: validation cache, kernel scalars
+:mod:`.tracked`        edits of ``optimizer.state`` and of a group's ``"params"``: change
+                       flag, applying them to the flat buffers
 :mod:`.adam`           :class:`Adam`, :class:`AdamW`
 :mod:`.nadam`          :class:`NAdam`
 :mod:`.adamax`         :class:`Adamax`
