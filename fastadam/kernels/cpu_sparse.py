@@ -86,6 +86,19 @@ prefetch_row = _blocked.prefetch_ahead
 # --- coalescing ----------------------------------------------------------------------
 
 @numba.njit(cache=True, **NJIT_OPTIONS)
+def index_range(x):
+    """``(min, max)`` of the non-empty integer array ``x``, in one pass (the façades'
+    range check of the lookups: a fifth of NumPy's ``x.min()`` and ``x.max()``)."""
+    lo = x[0]
+    hi = x[0]
+    for i in range(1, x.shape[0]):
+        y = x[i]
+        lo = min(lo, y)
+        hi = max(hi, y)
+    return lo, hi
+
+
+@numba.njit(cache=True, **NJIT_OPTIONS)
 def sort_rows(idx, nrows, kdt):
     """``(order, keys)``: a stable argsort of ``idx`` (values in ``[0, nrows)``) and
     the sorted values, by an LSD radix sort of (key, position) pairs of dtype ``kdt``
