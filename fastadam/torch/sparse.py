@@ -151,8 +151,8 @@ class _SparseMixin:
                 f"{b.device} (state_dtype={b.sdt!r})")
         if not getattr(b.backend, "sparse", False):
             raise BackendUnavailableError(
-                f"{name}: sparse gradients are implemented on the numba and numpy backends, "
-                f"not {b.backend.name!r}")
+                f"{name}: sparse gradients are implemented on the numba, cython and numpy "
+                f"backends, not {b.backend.name!r}")
         dense = self._check_sparse_group(self.param_groups[b.gi], hp)
         if self._row_states and g.sparse_dim() != 1:
             raise ValueError(f"{name} keeps one state value per row: the gradient of parameter "
