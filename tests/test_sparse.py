@@ -342,7 +342,10 @@ def test_rowwise_and_lazy_refusals():
     np.testing.assert_array_equal(p, 0)
 
 
-def test_no_allocation_proportional_to_the_table():
+@pytest.mark.parametrize("backend", ["auto", "cython"])
+def test_no_allocation_proportional_to_the_table(backend):
+    if backend not in fastadam.available_backends() + ["auto"]:
+        pytest.skip(f"no {backend} backend here")
     # a 64 MiB table per array; steps of 2,048 lookups must not raise the peak RSS by more
     # than a few MiB (run in a subprocess: a fresh peak, and a timeout if anything hangs)
     code = textwrap.dedent("""
@@ -357,18 +360,18 @@ def test_no_allocation_proportional_to_the_table():
                 idx = rng.integers(0, rows, 2048)
                 vals = rng.standard_normal((2048, dim)).astype(np.float32)
                 F.sparse_adam_(p, idx, vals, m, v, step=t, lr=0.1, beta1=0.9, beta2=0.99,
-                               eps=1e-8)
-                F.sparse_adagrad_(p, idx, vals, m, step=t, lr=0.1)
-                F.sparse_sgd_(p, idx, vals, lr=0.1)
-                F.rowwise_adagrad_(p, idx, vals, s, lr=0.1)
+                               eps=1e-8, backend=BACKEND)
+                F.sparse_adagrad_(p, idx, vals, m, step=t, lr=0.1, backend=BACKEND)
+                F.sparse_sgd_(p, idx, vals, lr=0.1, backend=BACKEND)
+                F.rowwise_adagrad_(p, idx, vals, s, lr=0.1, backend=BACKEND)
                 F.lazy_adam_(p, idx, vals, m, v, step=t, lr=0.1, beta1=0.9, beta2=0.99,
-                             eps=1e-8)
+                             eps=1e-8, backend=BACKEND)
         steps(2)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         steps(5)
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print("grew_kib", after - before)
-    """)
+    """).replace("BACKEND", repr(backend))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, env=env)

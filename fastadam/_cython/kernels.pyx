@@ -326,29 +326,18 @@ cdef inline void _prefetch_rows(int kind, floating* t0, floating* t1, floating* 
         _prefetch_row(t3 + r * dim, dim)
 
 
-cdef int _sparse(int kind, floating* t0, floating* t1, floating* t2, floating* t3,
-                 Py_ssize_t rows, Py_ssize_t dim, const int64_t* idx, const floating* vals,
-                 Py_ssize_t n, const floating* c, bint parallel) noexcept nogil:
-    """One row-sparse step of kernel ``kind``; 0, or -2 (an index out of range) / -1 (out
-    of memory) with nothing written."""
-    cdef int64_t* keys = NULL
-    cdef int64_t* order = NULL
-    cdef int64_t* starts = NULL
-    cdef Py_ssize_t nseg = 0, s, a, z, nt
-    cdef int err
-    cdef floating* scratch
+cdef void _loop_sparse_rows(int kind, floating* t0, floating* t1, floating* t2,
+                            floating* t3, Py_ssize_t dim, const floating* vals,
+                            const int64_t* keys, const int64_t* order, const int64_t* starts,
+                            Py_ssize_t nseg, floating* scratch, const floating* c,
+                            bint parallel) noexcept nogil:
+    """The row loop of a row-sparse step (a ``_loop_*``: built in baseline and AVX2
+    versions, see ``kernels.pyx``'s header): distinct row ``s`` is
+    ``keys[starts[s]]``, its lookups ``order[starts[s]:starts[s+1]]``; one row of
+    ``scratch`` per thread."""
+    cdef Py_ssize_t s, a, z
     cdef floating* buf
     cdef const floating* g
-    if n == 0:
-        return 0
-    err = _coalesce(idx, n, rows, &keys, &order, &starts, &nseg)
-    if err:
-        return err
-    nt = _max_threads() if parallel else 1
-    scratch = <floating*>malloc((nt * dim + 1) * sizeof(floating))
-    if scratch == NULL:
-        free(keys); free(order); free(starts)
-        return -1
     if parallel:
         for s in prange(nseg, schedule="dynamic", chunksize=_SPARSE_CHUNK):
             buf = scratch + _thread_num() * dim
@@ -366,6 +355,31 @@ cdef int _sparse(int kind, floating* t0, floating* t1, floating* t2, floating* t
             z = starts[s + 1]
             g = _grad_row(vals, dim, order, a, z, scratch)
             _row_update(kind, t0, t1, t2, t3, dim, keys[a], g, c)
+
+
+cdef int _sparse(int kind, floating* t0, floating* t1, floating* t2, floating* t3,
+                 Py_ssize_t rows, Py_ssize_t dim, const int64_t* idx, const floating* vals,
+                 Py_ssize_t n, const floating* c, bint parallel) noexcept nogil:
+    """One row-sparse step of kernel ``kind``; 0, or -2 (an index out of range) / -1 (out
+    of memory) with nothing written."""
+    cdef int64_t* keys = NULL
+    cdef int64_t* order = NULL
+    cdef int64_t* starts = NULL
+    cdef Py_ssize_t nseg = 0, nt
+    cdef int err
+    cdef floating* scratch
+    if n == 0:
+        return 0
+    err = _coalesce(idx, n, rows, &keys, &order, &starts, &nseg)
+    if err:
+        return err
+    nt = _max_threads() if parallel else 1
+    scratch = <floating*>malloc((nt * dim + 1) * sizeof(floating))
+    if scratch == NULL:
+        free(keys); free(order); free(starts)
+        return -1
+    _loop_sparse_rows(kind, t0, t1, t2, t3, dim, vals, keys, order, starts, nseg, scratch, c,
+                      parallel)
     free(scratch); free(keys); free(order); free(starts)
     return 0
 

@@ -80,8 +80,8 @@ def _rows_of(g, i, gi):
                                  f"{shape[d]}")
     if k == 1:
         return ind[0], shape[0]
-    lin = ind[0].copy()
-    for d in range(1, k):
+    lin = np.zeros(ind.shape[1], np.int64)
+    for d in range(k):
         lin *= shape[d]
         lin += ind[d]
     return lin, math.prod(shape[:k])
