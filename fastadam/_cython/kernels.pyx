@@ -22,6 +22,7 @@ function whose address Cython's C-API export table takes.
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
 
 include "_rules.pxi"
 
@@ -172,6 +173,7 @@ cdef extern from *:
 cdef enum:
     _RADIX_BITS = 11          # at most, per pass of the index sort
     _ROWS_AHEAD = 4           # distinct rows ahead whose table rows get prefetch hints
+    _LOOKUPS_AHEAD = 8        # lookups ahead whose gradient rows get prefetch hints
     _SPARSE_CHUNK = 8         # distinct rows per dynamically scheduled chunk
 
 cdef enum:
@@ -247,23 +249,6 @@ cdef int _coalesce(const int64_t* idx, Py_ssize_t n, Py_ssize_t rows, int64_t** 
     return 0
 
 
-cdef inline const floating* _grad_row(const floating* vals, Py_ssize_t dim,
-                                      const int64_t* order, Py_ssize_t a, Py_ssize_t z,
-                                      floating* buf) noexcept nogil:
-    """The summed gradient of the lookups ``order[a:z]`` (one row), in lookup order:
-    the lookup's own gradient row when it is alone, else the sum in ``buf``."""
-    cdef Py_ssize_t j, k, q = order[a]
-    if z - a == 1:
-        return vals + q * dim
-    for j in range(dim):
-        buf[j] = vals[q * dim + j]
-    for k in range(a + 1, z):
-        q = order[k]
-        for j in range(dim):
-            buf[j] = buf[j] + vals[q * dim + j]
-    return buf
-
-
 cdef inline void _prefetch_row(const floating* row, Py_ssize_t dim) noexcept nogil:
     cdef Py_ssize_t j
     cdef Py_ssize_t line = _LINE // sizeof(floating)
@@ -271,6 +256,29 @@ cdef inline void _prefetch_row(const floating* row, Py_ssize_t dim) noexcept nog
     while j < dim:
         _prefetch(row + j)
         j = j + line
+
+
+cdef inline const floating* _grad_row(const floating* vals, Py_ssize_t dim,
+                                      const int64_t* order, Py_ssize_t a, Py_ssize_t z,
+                                      Py_ssize_t n, floating* buf) noexcept nogil:
+    """The summed gradient of the lookups ``order[a:z]`` (one row), in lookup order:
+    the lookup's own gradient row when it is alone, else the sum in ``buf``.  Each
+    lookup first issues prefetch hints for the gradient row ``_LOOKUPS_AHEAD`` lookups
+    on (of ``n``), as the numba kernels do."""
+    cdef Py_ssize_t j, k, q = order[a]
+    if a + _LOOKUPS_AHEAD < n:
+        _prefetch_row(vals + order[a + _LOOKUPS_AHEAD] * dim, dim)
+    if z - a == 1:
+        return vals + q * dim
+    for j in range(dim):
+        buf[j] = vals[q * dim + j]
+    for k in range(a + 1, z):
+        if k + _LOOKUPS_AHEAD < n:
+            _prefetch_row(vals + order[k + _LOOKUPS_AHEAD] * dim, dim)
+        q = order[k]
+        for j in range(dim):
+            buf[j] = buf[j] + vals[q * dim + j]
+    return buf
 
 
 cdef inline void _row_update(int kind, floating* t0, floating* t1, floating* t2,
@@ -281,36 +289,43 @@ cdef inline void _row_update(int kind, floating* t0, floating* t1, floating* t2,
     summed gradient, ``c`` the scalars of :mod:`fastadam._scalars` in order."""
     cdef Py_ssize_t j, o = r * dim
     cdef floating x, sumsq, sr, scale
+    # the scalars in locals: loaded once, not per element (the table rows written in the
+    # loops could alias ``c`` as far as the C compiler knows)
+    cdef floating c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4]
+    cdef floating c5 = c[5] if kind >= K_LAZY_ADAM else c0
+    cdef floating c6 = c[6] if kind >= K_LAZY_ADAM else c0
+    cdef floating c7 = c[7] if kind >= K_LAZY_ADAM else c0
+    cdef floating c8 = c[8] if kind >= K_LAZY_ADAM else c0
     if kind == K_SPARSE_ADAM:
         for j in range(dim):
-            rule_sparse_adam(t0[o + j], g[j], t1[o + j], t2[o + j], c[0], c[1], c[2], c[3],
-                             c[4], &t0[o + j], &t1[o + j], &t2[o + j])
+            rule_sparse_adam(t0[o + j], g[j], t1[o + j], t2[o + j], c0, c1, c2, c3,
+                             c4, &t0[o + j], &t1[o + j], &t2[o + j])
     elif kind == K_SPARSE_ADAGRAD:
         for j in range(dim):
-            rule_sparse_adagrad(t0[o + j], g[j], t1[o + j], c[0], c[1], c[2],
+            rule_sparse_adagrad(t0[o + j], g[j], t1[o + j], c0, c1, c2,
                                 &t0[o + j], &t1[o + j])
     elif kind == K_SPARSE_SGD:
         for j in range(dim):
-            rule_sparse_sgd(t0[o + j], g[j], c[0], c[1], &t0[o + j])
+            rule_sparse_sgd(t0[o + j], g[j], c0, c1, &t0[o + j])
     elif kind == K_ROWWISE_ADAGRAD:
-        sumsq = c[4] - c[4]                 # 0, as the numba kernel starts it
+        sumsq = c4 - c4                 # 0, as the numba kernel starts it
         for j in range(dim):
-            rule_rowwise_grad(t0[o + j], g[j], c[0], c[1], &x)
+            rule_rowwise_grad(t0[o + j], g[j], c0, c1, &x)
             sumsq = sumsq + x * x
-        rule_rowwise_adagrad_state(t1[r], sumsq, c[4], &sr)
+        rule_rowwise_adagrad_state(t1[r], sumsq, c4, &sr)
         t1[r] = sr
-        rule_rowwise_adagrad_scale(sr, c[2], c[3], &scale)
+        rule_rowwise_adagrad_scale(sr, c2, c3, &scale)
         for j in range(dim):
-            rule_rowwise_grad(t0[o + j], g[j], c[0], c[1], &x)
+            rule_rowwise_grad(t0[o + j], g[j], c0, c1, &x)
             rule_rowwise_adagrad(t0[o + j], x, scale, &t0[o + j])
     elif kind == K_LAZY_ADAM:
         for j in range(dim):
-            rule_adam(t0[o + j], g[j], t1[o + j], t2[o + j], c[0], c[1], c[2], c[3], c[4],
-                      c[5], c[6], c[7], c[8], &t0[o + j], &t1[o + j], &t2[o + j])
+            rule_adam(t0[o + j], g[j], t1[o + j], t2[o + j], c0, c1, c2, c3, c4,
+                      c5, c6, c7, c8, &t0[o + j], &t1[o + j], &t2[o + j])
     else:
         for j in range(dim):
-            rule_adam_amsgrad(t0[o + j], g[j], t1[o + j], t2[o + j], t3[o + j], c[0], c[1],
-                              c[2], c[3], c[4], c[5], c[6], c[7], c[8], &t0[o + j],
+            rule_adam_amsgrad(t0[o + j], g[j], t1[o + j], t2[o + j], t3[o + j], c0, c1,
+                              c2, c3, c4, c5, c6, c7, c8, &t0[o + j],
                               &t1[o + j], &t2[o + j], &t3[o + j])
 
 
@@ -345,7 +360,7 @@ cdef void _loop_sparse_rows(int kind, floating* t0, floating* t1, floating* t2,
                 _prefetch_rows(kind, t0, t1, t2, t3, dim, keys[starts[s + _ROWS_AHEAD]])
             a = starts[s]
             z = starts[s + 1]
-            g = _grad_row(vals, dim, order, a, z, buf)
+            g = _grad_row(vals, dim, order, a, z, starts[nseg], buf)
             _row_update(kind, t0, t1, t2, t3, dim, keys[a], g, c)
     else:
         for s in range(nseg):
@@ -353,7 +368,7 @@ cdef void _loop_sparse_rows(int kind, floating* t0, floating* t1, floating* t2,
                 _prefetch_rows(kind, t0, t1, t2, t3, dim, keys[starts[s + _ROWS_AHEAD]])
             a = starts[s]
             z = starts[s + 1]
-            g = _grad_row(vals, dim, order, a, z, scratch)
+            g = _grad_row(vals, dim, order, a, z, starts[nseg], scratch)
             _row_update(kind, t0, t1, t2, t3, dim, keys[a], g, c)
 
 
@@ -388,7 +403,8 @@ cdef int sparse_adam(floating* p, floating* m, floating* v, Py_ssize_t rows, Py_
                      const int64_t* idx, const floating* vals, Py_ssize_t n,
                      floating gsign, floating omb1, floating omb2, floating neg_step,
                      floating eps, bint parallel) noexcept nogil:
-    cdef floating c[5]
+    cdef floating c[9]
+    memset(c, 0, sizeof(c))           # _row_update reads nine
     c[0] = gsign; c[1] = omb1; c[2] = omb2; c[3] = neg_step; c[4] = eps
     return _sparse(K_SPARSE_ADAM, p, m, v, NULL, rows, dim, idx, vals, n, c, parallel)
 
@@ -397,7 +413,8 @@ cdef int sparse_adagrad(floating* p, floating* s, Py_ssize_t rows, Py_ssize_t di
                         const int64_t* idx, const floating* vals, Py_ssize_t n,
                         floating gsign, floating neg_clr, floating eps,
                         bint parallel) noexcept nogil:
-    cdef floating c[3]
+    cdef floating c[9]
+    memset(c, 0, sizeof(c))           # _row_update reads nine
     c[0] = gsign; c[1] = neg_clr; c[2] = eps
     return _sparse(K_SPARSE_ADAGRAD, p, s, NULL, NULL, rows, dim, idx, vals, n, c, parallel)
 
@@ -405,7 +422,8 @@ cdef int sparse_adagrad(floating* p, floating* s, Py_ssize_t rows, Py_ssize_t di
 cdef int sparse_sgd(floating* p, Py_ssize_t rows, Py_ssize_t dim, const int64_t* idx,
                     const floating* vals, Py_ssize_t n, floating gsign, floating neg_lr,
                     bint parallel) noexcept nogil:
-    cdef floating c[2]
+    cdef floating c[9]
+    memset(c, 0, sizeof(c))           # _row_update reads nine
     c[0] = gsign; c[1] = neg_lr
     return _sparse(K_SPARSE_SGD, p, NULL, NULL, NULL, rows, dim, idx, vals, n, c, parallel)
 
@@ -414,7 +432,8 @@ cdef int rowwise_adagrad(floating* p, floating* state, Py_ssize_t rows, Py_ssize
                          const int64_t* idx, const floating* vals, Py_ssize_t n,
                          floating gsign, floating l2, floating neg_lr, floating eps,
                          floating fdim, bint parallel) noexcept nogil:
-    cdef floating c[5]
+    cdef floating c[9]
+    memset(c, 0, sizeof(c))           # _row_update reads nine
     c[0] = gsign; c[1] = l2; c[2] = neg_lr; c[3] = eps; c[4] = fdim
     return _sparse(K_ROWWISE_ADAGRAD, p, state, NULL, NULL, rows, dim, idx, vals, n, c,
                    parallel)
