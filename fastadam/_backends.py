@@ -53,9 +53,8 @@ class Backend:
         names of :data:`fastadam._scalars.SPARSE_KERNEL_STATES` (and ``"param"``) to
         the checked arrays, ``opt`` names a row-sparse function of :mod:`._scalars`."""
         raise BackendUnavailableError(
-            f"row-sparse steps are implemented on the numba, cython, cuda and numpy backends, "
-            f"not "
-            f"{self.name!r}")
+            "row-sparse steps are implemented on the numba, cython, cuda and numpy backends, "
+            f"not {self.name!r}")
 
 
 class CompiledBackend(Backend):

@@ -31,9 +31,10 @@ that Cython cannot follow fails the build rather than silently diverging.
 The row-sparse rules (:data:`RULE_ONLY_MODULES`: ``rules/sparse.py``) are translated
 the same way, without loops: the row-sparse kernels of ``kernels.pyx`` call them.
 
-Each rule of :data:`RULE_MODULES` also gets its loop, ``_loop_<name>(arrays..., n, scalars..., parallel)``
-(:func:`translate_loop`; the arrays are the parameter, the gradient and the
-states the rule returns, in parameter order), written once here as
+Each rule of :data:`RULE_MODULES` also gets its loop,
+``_loop_<name>(arrays..., n, scalars..., parallel)`` (:func:`translate_loop`; the
+arrays are the parameter, the gradient and the states the rule returns, in
+parameter order), written once here as
 :data:`LOOP_TEMPLATE` for every kernel: a serial loop; a plain OpenMP
 ``prange`` for parallel calls under :data:`MIN_BYTES`; above, the prefetched
 sub-block form of the numba kernels (``fastadam/kernels/_blocked.py``): each
