@@ -378,3 +378,21 @@ def test_no_allocation_proportional_to_the_table(backend):
     assert out.returncode == 0, out.stderr
     grew = int(out.stdout.split("grew_kib")[1])
     assert grew < 8 * 1024, out.stdout          # the table is 64 MiB
+
+
+@pytest.mark.parametrize("nrows, n", [(97, 20), (97, 500), (1 << 20, 5000), (1 << 23, 3000)],
+                         ids=["insertion", "packed-small", "packed-1M", "general-8M"])
+def test_coalesce_is_a_stable_argsort(nrows, n):
+    # every path of the lookups' sort (insertion, the packed two passes, the general
+    # passes for tables over 2 * RADIX_BITS bits) against NumPy's stable argsort
+    from fastadam.kernels import cpu_sparse as cs
+    rng = np.random.default_rng(nrows + n)
+    idx = np.concatenate([(rng.zipf(1.2, n // 2) - 1) % nrows,
+                          rng.integers(0, nrows, n - n // 2)]).astype(np.int64)
+    order, starts, rows, bounds = cs.coalesce(idx, nrows, 8, cs.index_dtype(nrows, n))
+    want = np.argsort(idx, kind="stable")
+    urows, ustarts = np.unique(idx[want], return_index=True)
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(starts, np.append(ustarts, n))
+    np.testing.assert_array_equal(rows, urows)
+    assert bounds[0] == 0 and bounds[-1] == len(rows) and np.all(np.diff(bounds) >= 0)
