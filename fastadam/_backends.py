@@ -53,8 +53,8 @@ class Backend:
         names of :data:`fastadam._scalars.SPARSE_KERNEL_STATES` (and ``"param"``) to
         the checked arrays, ``opt`` names a row-sparse function of :mod:`._scalars`."""
         raise BackendUnavailableError(
-            f"row-sparse steps are implemented on the numba, cuda and numpy backends, not "
-            f"{self.name!r}")
+            "row-sparse steps are implemented on the numba, cython, cuda and numpy backends, "
+            f"not {self.name!r}")
 
 
 class CompiledBackend(Backend):
@@ -158,7 +158,8 @@ def _load_cython():
         raise BackendUnavailableError(
             "the cython backend's compiled extension is not built or failed to import "
             f"({e}); reinstall fastadam with a C compiler (pip install .)") from e
-    return CompiledBackend("cython", cy.run, bind=getattr(cy, "bind", None))
+    return CompiledBackend("cython", cy.run, bind=getattr(cy, "bind", None),
+                           sparse_run=getattr(cy, "sparse_run", None))
 
 
 def _load_cuda():

@@ -36,7 +36,7 @@ repeated row are summed (in lookup order: the result does not depend on the
 thread count), and only the distinct rows looked up, and their state, are read
 and written.  Out-of-range or negative rows raise IndexError, float indices
 TypeError, a shape or dtype mismatch ValueError / TypeError, all before anything
-is written.  Implemented on the numba, cuda (device tables and values; the
+is written.  Implemented on the numba, cython, cuda (device tables and values; the
 lookups are coalesced on the host) and numpy backends (see docs/embeddings.md).
 """
 

@@ -45,7 +45,7 @@ def sparse_adam_(param, indices, values, exp_avg, exp_avg_sq, *, step, lr, beta1
         :math:`\gamma > 0`, :math:`\beta_1, \beta_2 \in [0, 1)`, :math:`\epsilon > 0`
         (torch.optim.SparseAdam's checks).
     maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cython", "cuda", "numpy"}, default "auto"
 
     Raises
     ------
@@ -86,7 +86,7 @@ def sparse_adagrad_(param, indices, values, sum, *, step, lr, lr_decay=0.0, eps=
         :math:`\eta`.
     eps : float, default 1e-10
     maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cython", "cuda", "numpy"}, default "auto"
 
     Notes
     -----
@@ -110,7 +110,7 @@ def sparse_sgd_(param, indices, values, *, lr, maximize=False, backend="auto"):
         As :func:`sparse_adam_`.
     lr : float
     maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cython", "cuda", "numpy"}, default "auto"
 
     Notes
     -----
@@ -150,7 +150,7 @@ def rowwise_adagrad_(param, indices, values, state, *, lr, eps=1e-10, weight_dec
     weight_decay : float, default 0
         :math:`\lambda`, L2 added to the gradient of the looked-up rows only.
     maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
+    backend : {"auto", "numba", "cython", "cuda", "numpy"}, default "auto"
     """
     hp = _hparams.rowwise_adagrad(lr=lr, eps=eps, weight_decay=weight_decay,
                                   maximize=maximize)
