@@ -387,9 +387,12 @@ def chunks(opt, pairs):
     """Check ``pairs`` ((index, grad, variable)); return the kernel chunks.
 
     Each chunk is a :class:`Chunk`: 1-D arrays (NumPy views for CPU variables, torch
-    tensors for CUDA ones; the state by name) and whether weight decay applies.  Nothing the user sees is written before every check has
-    passed; then small variables may be moved into (or between) packs, their
-    values unchanged, and their gradients copied into the pack's buffer.
+    tensors for CUDA ones; the state by name) and whether weight decay applies.
+    Nothing the user sees is written before every check has passed; then small
+    variables may be moved into (or between) packs, their values unchanged, and
+    their gradients copied into the pack's buffer.  (A state variable that Keras
+    made on another device than its variable's is moved there when first seen,
+    its values unchanged.)
     """
     variables = [v for _, _, v in pairs]
     key = (bool(opt.clipnorm),) + tuple(map(id, variables))   # clipnorm: no packs
