@@ -2,7 +2,8 @@
 
 The simulator runs the kernels as Python, so it cannot see numba-CUDA typing or
 code generation.  This test compiles every kernel of :mod:`fastadam.kernels.cuda`,
-:mod:`~fastadam.kernels.cuda_lowp` and :mod:`~fastadam.kernels.cuda_sparse` for
+:mod:`~fastadam.kernels.cuda_keras`, :mod:`~fastadam.kernels.cuda_lowp` and
+:mod:`~fastadam.kernels.cuda_sparse` for
 sm_90 with numba-cuda and NVVM (no GPU needed), in a subprocess without the
 simulator, with the argument types their launches pass, and checks that
 
@@ -29,10 +30,11 @@ ROOT = os.path.dirname(HERE)
 
 def signatures(types):
     """``(module, name, py_func, argument types, float32?, f64 allowed?)`` for every
-    kernel of the three modules, each float kernel in float32 and float64 (as launched:
+    kernel of the four modules, each float kernel in float32 and float64 (as launched:
     Python ints are int64, flags booleans, scalars of the buffer dtype)."""
     from fastadam import _scalars
     from fastadam.kernels import cuda as K
+    from fastadam.kernels import cuda_keras as KK
     from fastadam.kernels import cuda_lowp as L
     from fastadam.kernels import cuda_sparse as S
 
@@ -49,6 +51,13 @@ def signatures(types):
             sig = (arr(dt),) * nar + tuple(b1 if p in ("first", "nesterov") else dt
                                            for p in params[nar:])
             out.append(("cuda", name, K.get(name).py_func, sig, dt == f32, False))
+    for name in KK.KERNEL_NAMES:    # arrays, then scalars s0, s1, ... (and nesterov)
+        fn = KK.get(name).py_func
+        params = list(inspect.signature(fn).parameters)
+        for dt in (f32, f64):
+            sig = tuple(b1 if p == "nesterov" else dt if p[0] == "s" and p[1:].isdigit()
+                        else arr(dt) for p in params)
+            out.append(("cuda_keras", name, fn, sig, dt == f32, False))
     u16 = arr(types.uint16)
     adam9 = (f32,) * 9
     for name in L.KERNEL_NAMES:
@@ -116,7 +125,7 @@ sys.path.insert(0, sys.argv[1])
 from test_cuda_ptx import signatures
 from fastadam.kernels import cuda as K
 assert not K.SIMULATOR
-INDEX = {"cuda": ("i",), "cuda_lowp": ("i", "b"), "cuda_sparse": ("s", "j")}
+INDEX = {"cuda": ("i",), "cuda_keras": ("i",), "cuda_lowp": ("i", "b"), "cuda_sparse": ("s", "j")}
 for mod, name, fn, sig, is32, f64_ok in signatures(types):
     cres = compile_cuda(fn, types.void, sig, cc=(9, 0))
     tm = cres.fndesc.typemap
@@ -150,17 +159,19 @@ def test_kernels_compile_for_sm90_with_the_right_types():
 
 
 def test_the_signature_table_covers_every_kernel():
-    """Every kernel of the three modules has argument types, one per parameter (checked
+    """Every kernel of the four modules has argument types, one per parameter (checked
     without the toolchain, so that a new kernel cannot skip the compile test)."""
     from numba import types
 
     from fastadam.kernels import cuda as K
+    from fastadam.kernels import cuda_keras as KK
     from fastadam.kernels import cuda_lowp as L
     from fastadam.kernels import cuda_sparse as S
     sigs = signatures(types)
     seen = {(m, n) for m, n, *_ in sigs}
     want = {("cuda", n) for n in K.KERNEL_NAMES} | {("cuda_lowp", n) for n in L.KERNEL_NAMES} \
-        | {("cuda_sparse", n) for n in S.KERNEL_NAMES}
+        | {("cuda_sparse", n) for n in S.KERNEL_NAMES} \
+        | {("cuda_keras", n) for n in KK.KERNEL_NAMES}
     assert seen == want
     for mod, name, fn, sig, _, _ in sigs:
         assert len(sig) == len(inspect.signature(fn).parameters), (mod, name)

@@ -169,15 +169,21 @@ _RULES_HASH = _rules.source_hash(extra="cuda")
 _compiled: dict = {}
 
 
-def _make(name: str):
-    src = globals()[name]
-    suffix = "_cuda_" + _RULES_HASH
-    f = types.FunctionType(src.__code__, src.__globals__, name + suffix, src.__defaults__,
-                           src.__closure__)
+def jit_kernel(src, suffix: str):
+    """The numba CUDA kernel of grid-stride loop ``src`` (a module-level function),
+    compiled lazily and cached on disk under the name ``src.__name__ + suffix``: the
+    suffix carries the hash of the rules it inlines, which numba's cache check (the
+    timestamp of ``src``'s file) does not see.  Also used by :mod:`.cuda_keras`."""
+    f = types.FunctionType(src.__code__, src.__globals__, src.__name__ + suffix,
+                           src.__defaults__, src.__closure__)
     f.__qualname__ = src.__qualname__ + suffix
     f.__module__ = src.__module__
     # fastmath stays off: IEEE division and square root, NaN/Inf propagate as in torch.
     return cuda.jit(cache=not SIMULATOR)(f)
+
+
+def _make(name: str):
+    return jit_kernel(globals()[name], "_cuda_" + _RULES_HASH)
 
 
 def get(name: str):
@@ -738,6 +744,13 @@ def run(name: str, arrays, scalars) -> None:
     Asynchronous: the work is queued on the first array's stream (after the work
     pending on the other arrays' streams) and this returns.
     """
+    run_with(get, name, arrays, scalars)
+
+
+def run_with(get_kernel, name: str, arrays, scalars) -> None:
+    """:func:`run` with the kernel ``get_kernel(name)`` (that of another kernel module:
+    :func:`fastadam.kernels.cuda_keras.run`): the same views, checks, streams and
+    launch."""
     views, where = _as_views(tuple(arrays))
     if views is None:
         return
@@ -745,7 +758,7 @@ def run(name: str, arrays, scalars) -> None:
     if n == 0:
         return
     stream, joins, dev = where
-    kernel = get(name)
+    kernel = get_kernel(name)
     with _on_device(dev):
         blocks, bs = grid_size(n)
         launch(kernel, blocks, bs, stream, tuple(views) + tuple(scalars), joins)
