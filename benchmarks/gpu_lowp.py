@@ -132,11 +132,12 @@ def _stats_kernel(g32):
     from fastadam.kernels import cuda_lowp as KL
     from fastadam.kernels import cuda_lowp_launch as KLL
     c = KLL.check({"grads": g32}, {"grads": ((np.float32,), None)}, ())
-    out = cuda.to_device(np.zeros(2, np.float64))
     k = KL.get("sumsq_float")
     f = np.float32
     blocks = KLL._blocks_for(c.n, KL.RED_THREADS)
-    args = (c.views["grads"], np.float64(0), f(np.finfo(f).max), f(1), f(1), False, out)
+    part = cuda.to_device(np.zeros((2, blocks), np.float64))   # the per-block partials
+    args = (c.views["grads"], np.float64(0), f(np.finfo(f).max), f(1), f(1), False, part,
+            np.int64(0))
     return lambda: k[blocks, KL.RED_THREADS, 0](*args)
 
 

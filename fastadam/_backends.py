@@ -53,17 +53,21 @@ class Backend:
         names of :data:`fastadam._scalars.SPARSE_KERNEL_STATES` (and ``"param"``) to
         the checked arrays, ``opt`` names a row-sparse function of :mod:`._scalars`."""
         raise BackendUnavailableError(
-            f"row-sparse steps are implemented on the numba, cuda and numpy backends, not "
-            f"{self.name!r}")
+            "row-sparse steps are implemented on the numba, cython, cuda and numpy backends, "
+            f"not {self.name!r}")
 
 
 class CompiledBackend(Backend):
     """A backend given by a ``run(kernel_name, arrays, scalars)`` function."""
 
     def __init__(self, name, run, check=None, device=False, bind=None, sparse_run=None,
-                 sparse_check=None):
+                 sparse_check=None, entry=None):
         self.name = name
         self.run = run
+        #: optional ``entry(kernel_name, arrays, typed_scalars) -> f``: ``f(*arrays,
+        #: *scalars)`` runs the kernel on arrays typed as those (checked by the caller)
+        #: with the least per-call overhead (:func:`fastadam.kernels.cpu.entry`)
+        self.entry = entry
         #: optional ``sparse_run(kernel_name, tables, indices, values, scalars)``: the
         #: row-sparse kernels (:func:`fastadam.kernels.cpu_sparse.run`,
         #: :func:`fastadam.kernels.cuda_sparse.run` with ``sparse_check`` its checks)
@@ -143,7 +147,8 @@ def _load_numba():
         from .kernels import cpu, cpu_sparse
     except ImportError as e:
         raise BackendUnavailableError(f"the numba backend needs numba, which failed to import: {e}") from e
-    return CompiledBackend("numba", cpu.run, bind=cpu.bind, sparse_run=cpu_sparse.run)
+    return CompiledBackend("numba", cpu.run, bind=cpu.bind, sparse_run=cpu_sparse.run,
+                           entry=cpu.entry)
 
 
 def _load_cython():
@@ -153,7 +158,8 @@ def _load_cython():
         raise BackendUnavailableError(
             "the cython backend's compiled extension is not built or failed to import "
             f"({e}); reinstall fastadam with a C compiler (pip install .)") from e
-    return CompiledBackend("cython", cy.run, bind=getattr(cy, "bind", None))
+    return CompiledBackend("cython", cy.run, bind=getattr(cy, "bind", None),
+                           sparse_run=getattr(cy, "sparse_run", None))
 
 
 def _load_cuda():
@@ -243,7 +249,13 @@ def resolve(name, array) -> Backend:
     raise BackendUnavailableError("no backend available")  # pragma: no cover
 
 
+#: bumped by :func:`reset_cache`: a caller that keeps a backend (cached plans) checks it
+generation = 0
+
+
 def reset_cache() -> None:  # used by tests that hide a backend
+    global generation
+    generation += 1
     _cache.clear()
     _failures.clear()
     importlib.invalidate_caches()

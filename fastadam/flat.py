@@ -111,7 +111,10 @@ class FlatParams:
         Also put the views into the given dict or list (``params[k] = view``),
         so code holding that container sees the flat-backed arrays (the
         optimizers of :mod:`fastadam.optim` always do this).  A tuple cannot
-        take them: ``replace=True`` with a tuple is a TypeError.
+        take them: ``replace=True`` with a tuple is a TypeError.  Each entry is
+        replaced right after its array is copied, so an array that nothing else
+        references is released then: the flattening's peak memory is the
+        parameters plus about the largest array, not twice the parameters.
 
     Warns
     -----
@@ -161,6 +164,8 @@ class FlatParams:
         seen = {}
         by_dtype: dict = {}
         stale = []
+        order = [k for k, _ in items]
+        a = None
         for k, a in items:
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"parameter {k!r} must be a numpy.ndarray, got {type(a).__name__}")
@@ -174,7 +179,10 @@ class FlatParams:
             why = _not_updated(a)
             if why is not None:
                 stale.append((k, why))
-            by_dtype.setdefault(a.dtype, []).append((k, a))
+            # the layout only: no reference to the array is kept past this loop, so that
+            # with ``replace`` each one can be released as soon as it is copied
+            by_dtype.setdefault(a.dtype, []).append((k, int(a.size), tuple(a.shape)))
+        del items, a
         if stale:
             level = _caller_stacklevel()
             for k, why in stale:
@@ -186,22 +194,32 @@ class FlatParams:
                     f"never this array or the memory it views; {use}, or pass a C-contiguous, "
                     "writeable array that owns its memory (e.g. a.copy()) to silence this "
                     "warning", UserWarning, stacklevel=level)
+        # Memory: ``np.empty`` and ``np.zeros`` of a large buffer commit no page until it
+        # is written (the gradient buffer's until the first gradient is), and with
+        # ``replace`` each array is swapped for its view right after its copy, so that an
+        # array nobody else holds is released before the next is copied: construction
+        # then adds about the largest array, not a second copy of every parameter.
+        # Every buffer is allocated before the first array is swapped for its view.
         self.buffers: list = []
         for dtype, members in by_dtype.items():
-            total = sum(int(a.size) for _, a in members)
-            data = np.empty(total, dtype=dtype)
-            grad = np.zeros(total, dtype=dtype)
-            fb = FlatBuffer(dtype=np.dtype(dtype), data=data, grad=grad)
+            total = sum(n for _, n, _ in members)
+            self.buffers.append(FlatBuffer(dtype=np.dtype(dtype),
+                                           data=np.empty(total, dtype=dtype),
+                                           grad=np.zeros(total, dtype=dtype)))
+        for fb, members in zip(self.buffers, by_dtype.values()):
+            data = fb.data
             off = 0
-            for k, a in members:
-                data[off:off + a.size] = a.reshape(-1)
+            for k, n, shape in members:
+                view = data[off:off + n].reshape(shape)
+                view[...] = params[k]
+                if replace:
+                    params[k] = view
                 fb.keys.append(k)
                 fb.offsets.append(off)
-                fb.shapes.append(tuple(a.shape))
-                off += a.size
-            self.buffers.append(fb)
-        self._n = len(items)
-        self._order = [k for k, _ in items]
+                fb.shapes.append(shape)
+                off += n
+        self._n = len(order)
+        self._order = order
         self.params = self._assemble(lambda fb: fb.views(fb.data))
         self.grads = self._assemble(lambda fb: fb.views(fb.grad))
         if replace:

@@ -29,6 +29,32 @@ USER_PYX = r'''
 # cython: language_level=3, boundscheck=False, wraparound=False
 from cython cimport floating
 from fastadam.capi cimport adam, adam_amsgrad, nadam, sgd_momentum, openmp_enabled
+from fastadam.capi cimport sparse_adam, rowwise_adagrad
+from libc.stdint cimport int64_t
+
+
+def sparse_adam_step(floating[:, ::1] p, floating[:, ::1] m, floating[:, ::1] v,
+                     const int64_t[::1] idx, const floating[:, ::1] vals, tuple s,
+                     bint parallel):
+    """One row-sparse SparseAdam step through the C API; returns its status."""
+    cdef floating c[5]
+    cdef int j, err
+    for j in range(5):
+        c[j] = s[j]
+    with nogil:
+        err = sparse_adam(&p[0, 0], &m[0, 0], &v[0, 0], p.shape[0], p.shape[1], &idx[0],
+                          &vals[0, 0], idx.shape[0], c[0], c[1], c[2], c[3], c[4], parallel)
+    return err
+
+
+def rowwise_adagrad_step(double[:, ::1] p, double[::1] st, const int64_t[::1] idx,
+                         const double[:, ::1] vals, tuple s):
+    cdef int err
+    cdef double c0 = s[0], c1 = s[1], c2 = s[2], c3 = s[3], c4 = s[4]
+    with nogil:
+        err = rowwise_adagrad(&p[0, 0], &st[0], p.shape[0], p.shape[1], &idx[0], &vals[0, 0],
+                              idx.shape[0], c0, c1, c2, c3, c4, False)
+    return err
 
 
 def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
@@ -187,3 +213,44 @@ def test_sgd_momentum_on_raw_addresses(user_ext):
 def test_openmp_flag_matches_backend(user_ext):
     from fastadam._cython import backend
     assert bool(user_ext.has_openmp()) == backend.openmp_enabled()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_sparse_adam_through_capi_matches_reference(user_ext, dtype, parallel):
+    rng = np.random.default_rng(3)
+    rows, dim = 300, 16
+    p = rng.standard_normal((rows, dim)).astype(dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    pr, mr, vr = p.copy(), m.copy(), v.copy()
+    hp = dict(lr=0.01, beta1=0.9, beta2=0.99, eps=1e-8, maximize=False)
+    for step in (1, 2, 3):
+        idx = ((rng.zipf(1.2, 500) - 1) % rows).astype(np.int64)     # duplicates
+        vals = rng.standard_normal((500, dim)).astype(dtype)
+        _, s = _scalars.sparse_adam(np.dtype(dtype), step=step, **hp)
+        assert user_ext.sparse_adam_step(p, m, v, idx, vals, s, parallel) == 0
+        reference.sparse_adam_(pr, idx, vals, mr, vr, step=step, **hp)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for a, b in ((p, pr), (m, mr), (v, vr)):
+        np.testing.assert_allclose(a, b, **tol)
+    # a row out of range: status -2, nothing written
+    before = p.copy()
+    bad = np.array([1, rows], np.int64)
+    assert user_ext.sparse_adam_step(p, m, v, bad, vals[:2], s, parallel) == -2
+    np.testing.assert_array_equal(p, before)
+
+
+def test_rowwise_adagrad_through_capi_matches_reference(user_ext):
+    rng = np.random.default_rng(4)
+    rows, dim = 50, 8
+    p = rng.standard_normal((rows, dim))
+    st = np.zeros(rows)
+    pr, sr = p.copy(), st.copy()
+    hp = dict(lr=0.1, eps=1e-8, weight_decay=0.01, maximize=True)
+    idx = rng.integers(0, rows, 80).astype(np.int64)
+    vals = rng.standard_normal((80, dim))
+    _, s = _scalars.rowwise_adagrad(np.dtype(np.float64), dim=dim, **hp)
+    assert user_ext.rowwise_adagrad_step(p, st, idx, vals, s) == 0
+    reference.rowwise_adagrad_(pr, idx, vals, sr, **hp)
+    np.testing.assert_allclose(p, pr, rtol=1e-12)
+    np.testing.assert_allclose(st, sr, rtol=1e-12)

@@ -330,3 +330,77 @@ def test_kernel_loop_copies_agree(sd, n):
             out.append([p] + st)
         for a, b in zip(*out):
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+# --- shift widths of the integer codecs (their device code is this Python) --------------
+
+class _Int64Ops(int):
+    """An int whose shifts check what LLVM (the numba CPU and CUDA targets) defines:
+    a shift amount in [0, 64), and a left shift that stays within 64 bits."""
+
+    def _w(self, v):
+        return _Int64Ops(v)
+
+    def __rshift__(self, k):
+        assert 0 <= int(k) < 64, f"shift by {int(k)}"
+        return _Int64Ops(int(self) >> int(k))
+
+    def __lshift__(self, k):
+        assert 0 <= int(k) < 64, f"shift by {int(k)}"
+        v = int(self) << int(k)
+        assert -(1 << 63) <= v < (1 << 63), f"{int(self)} << {int(k)} overflows 64 bits"
+        return _Int64Ops(v)
+
+    def __rrshift__(self, o):
+        return _Int64Ops(o).__rshift__(self)
+
+    def __rlshift__(self, o):
+        return _Int64Ops(o).__lshift__(self)
+
+
+for _op in ("add", "sub", "mul", "and", "or", "xor", "floordiv", "mod"):
+    for _pre in ("__", "__r"):
+        _name = f"{_pre}{_op}__"
+        setattr(_Int64Ops, _name, (lambda n: lambda s, o: _Int64Ops(getattr(int, n)(s, o)))(
+            _name))
+_Int64Ops.__invert__ = lambda s: _Int64Ops(~int(s))
+_Int64Ops.__neg__ = lambda s: _Int64Ops(-int(s))
+
+
+def _f16_inputs():
+    """float32 bit patterns of every exponent (subnormals, normals, inf/NaN), a few
+    mantissas each, both signs."""
+    for e in range(256):
+        for mant in (0, 1, 0x2AAAAA, 0x400000, 0x7FFFFF):
+            for s in (0, 0x80000000):
+                yield s | (e << 23) | mant
+
+
+def test_param_codec_shifts_stay_below_64_bits():
+    """f16_encode_sr's tiny-value branch shifted by up to 109 bits (undefined in LLVM at
+    >= 64, right only by accident of code generation): every shift is now < 64."""
+    from fastadam.rules import param_codecs as P
+    for b in _f16_inputs():
+        for r in (0, 1, 0x7FFF, 0xFFFF):
+            P.f16_encode_sr(_Int64Ops(b), _Int64Ops(r))
+        P.f16_encode(_Int64Ops(b))
+    for h in range(0, 1 << 16, 7):
+        P.f16_decode(_Int64Ops(h))
+
+
+def test_f16_sr_below_the_smallest_subnormal_is_exact():
+    """|x| < 2**-24 rounds to 2**-24 iff r + floor(|x| * 2**40) >= 2**16 (the documented
+    rule, by exact rationals): the clamped shift changes no result."""
+    from fastadam.rules import param_codecs as P
+    rng = np.random.default_rng(5)
+    for e in range(0, 103):
+        for mant in (0, 1, 0x155555, 0x7FFFFF, int(rng.integers(0, 1 << 23))):
+            b = (e << 23) | mant
+            if b == 0:
+                continue
+            x = Fraction(_f32(b))
+            for r in (0, 1, 0x8000, 0xFFFF, int(rng.integers(0, 1 << 16))):
+                up = r + math.floor(x * 2 ** 40) >= 2 ** 16
+                want = 0x0001 if up else 0x0000
+                assert P.f16_encode_sr(b, r) == want, (e, mant, r)
+                assert P.f16_encode_sr(b | 0x80000000, r) == want | 0x8000, (e, mant, r)

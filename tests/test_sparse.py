@@ -281,7 +281,7 @@ def _refusals():
     yield "eps 0", dict(eps=0.0), ValueError, "epsilon"
     yield "beta1 1", dict(beta1=1.0), ValueError, "index 0"
     yield "step 0", dict(step=0), ValueError, "step"
-    yield "cython backend", dict(backend="cython"), fastadam.BackendUnavailableError, "cython"
+    yield "unknown backend", dict(backend="fortran"), ValueError, "Invalid backend"
     del p
 
 
@@ -312,9 +312,13 @@ def test_refusals_change_nothing(name, change, exc, match):
         np.testing.assert_array_equal(v, snap[k])
 
 
-def test_backends_without_sparse_kernels_refuse():
+def test_backends_without_sparse_kernels_refuse(monkeypatch):
+    from fastadam import _backends
     p = np.zeros((4, 2), np.float32)
-    with pytest.raises(fastadam.BackendUnavailableError):
+    # a compiled backend built without row-sparse kernels (as the cython backend was)
+    monkeypatch.setitem(_backends._cache, "cython",
+                        _backends.CompiledBackend("cython", run=None))
+    with pytest.raises(fastadam.BackendUnavailableError, match="cython"):
         F.sparse_sgd_(p, np.array([1]), np.ones((1, 2), np.float32), lr=0.1, backend="cython")
     if "cuda" in fastadam.available_backends():
         with pytest.raises(TypeError, match="host array"):      # host tables on cuda
@@ -338,7 +342,10 @@ def test_rowwise_and_lazy_refusals():
     np.testing.assert_array_equal(p, 0)
 
 
-def test_no_allocation_proportional_to_the_table():
+@pytest.mark.parametrize("backend", ["auto", "cython"])
+def test_no_allocation_proportional_to_the_table(backend):
+    if backend not in fastadam.available_backends() + ["auto"]:
+        pytest.skip(f"no {backend} backend here")
     # a 64 MiB table per array; steps of 2,048 lookups must not raise the peak RSS by more
     # than a few MiB (run in a subprocess: a fresh peak, and a timeout if anything hangs)
     code = textwrap.dedent("""
@@ -353,21 +360,39 @@ def test_no_allocation_proportional_to_the_table():
                 idx = rng.integers(0, rows, 2048)
                 vals = rng.standard_normal((2048, dim)).astype(np.float32)
                 F.sparse_adam_(p, idx, vals, m, v, step=t, lr=0.1, beta1=0.9, beta2=0.99,
-                               eps=1e-8)
-                F.sparse_adagrad_(p, idx, vals, m, step=t, lr=0.1)
-                F.sparse_sgd_(p, idx, vals, lr=0.1)
-                F.rowwise_adagrad_(p, idx, vals, s, lr=0.1)
+                               eps=1e-8, backend=BACKEND)
+                F.sparse_adagrad_(p, idx, vals, m, step=t, lr=0.1, backend=BACKEND)
+                F.sparse_sgd_(p, idx, vals, lr=0.1, backend=BACKEND)
+                F.rowwise_adagrad_(p, idx, vals, s, lr=0.1, backend=BACKEND)
                 F.lazy_adam_(p, idx, vals, m, v, step=t, lr=0.1, beta1=0.9, beta2=0.99,
-                             eps=1e-8)
+                             eps=1e-8, backend=BACKEND)
         steps(2)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         steps(5)
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print("grew_kib", after - before)
-    """)
+    """).replace("BACKEND", repr(backend))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     grew = int(out.stdout.split("grew_kib")[1])
     assert grew < 8 * 1024, out.stdout          # the table is 64 MiB
+
+
+@pytest.mark.parametrize("nrows, n", [(97, 20), (97, 500), (1 << 20, 5000), (1 << 23, 3000)],
+                         ids=["insertion", "packed-small", "packed-1M", "general-8M"])
+def test_coalesce_is_a_stable_argsort(nrows, n):
+    # every path of the lookups' sort (insertion, the packed two passes, the general
+    # passes for tables over 2 * RADIX_BITS bits) against NumPy's stable argsort
+    from fastadam.kernels import cpu_sparse as cs
+    rng = np.random.default_rng(nrows + n)
+    idx = np.concatenate([(rng.zipf(1.2, n // 2) - 1) % nrows,
+                          rng.integers(0, nrows, n - n // 2)]).astype(np.int64)
+    order, starts, rows, bounds = cs.coalesce(idx, nrows, 8, cs.index_dtype(nrows, n))
+    want = np.argsort(idx, kind="stable")
+    urows, ustarts = np.unique(idx[want], return_index=True)
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(starts, np.append(ustarts, n))
+    np.testing.assert_array_equal(rows, urows)
+    assert bounds[0] == 0 and bounds[-1] == len(rows) and np.all(np.diff(bounds) >= 0)

@@ -696,8 +696,8 @@ def test_bad_checkpoint_changes_nothing():
         opt.load_state_dict(bad)
     assert_unchanged(m, opt, snap)
     assert opt.param_groups[0]["lr"] == 1e-2
-    with pytest.raises(TypeError, match="pickled"):
-        copy.deepcopy(opt)
+    with pytest.raises(TypeError, match="copy.copy"):   # deepcopy: test_torch_semantics
+        copy.copy(opt)
 
 
 # --- CUDA (routed to the cuda backend; runs only where a GPU and that backend exist) ----------

@@ -10,7 +10,9 @@ ones cycled (see :mod:`fastadam.bench.sparse`, which builds the contenders):
 ``SparseStep.time_step``: one ``step()`` of each contender -- ``torch SparseAdam``,
 ``torch Adagrad (sparse)``, ``torch SGD (sparse)``, ``torch fused Adam (dense)``
 (the whole table, dense gradient), the ``row-traffic loop`` (a compiled loop over
-pre-deduplicated rows moving a row-sparse Adam step's bytes), and fastadam's
+pre-deduplicated rows that reads every lookup's index entry and gradient row and moves
+a row-sparse Adam step's bytes: the limit, without sorting or deduplicating), and
+fastadam's
 ``SparseAdam``, ``Adagrad (sparse)``, ``SGD (sparse)``, ``RowWiseAdagrad`` and
 ``Adam lazy``.  ``SparseStep.peakmem_step``: the peak memory of one optimizer and a
 step (the flat gradient of a sparse table is never touched: no memory).  Skipped

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 # cython: cdivision=True
-"""The ``cython`` backend: ``run(kernel_name, arrays, scalars)``.
+"""The ``cython`` backend: ``run(kernel_name, arrays, scalars)`` and the row-sparse
+``sparse_run(kernel_name, tables, indices, values, scalars)``.
 
 The same contract as :func:`fastadam.kernels.cpu.run` (the numba backend):
 ``arrays`` are 1-D C-contiguous float32 or float64 arrays of one length, the
@@ -16,6 +17,7 @@ same buffers again and again.
 """
 
 from cython cimport floating
+from libc.stdint cimport int64_t
 
 cimport fastadam._cython.kernels as K
 from fastadam import _config
@@ -270,3 +272,149 @@ def bind(str name, arrays, scalars=None):
         raise ValueError(f"kernel {name!r} takes {_NSCALARS[name]} scalars, "
                          f"got {len(scalars)}")
     return b
+
+
+# --- row-sparse (embedding) steps -----------------------------------------------------
+
+SPARSE_KERNEL_NAMES = ("sparse_adam", "sparse_adagrad", "sparse_sgd", "rowwise_adagrad",
+                       "lazy_adam", "lazy_adam_amsgrad")
+_SPARSE_IDS = {name: i for i, name in enumerate(SPARSE_KERNEL_NAMES)}
+_SPARSE_NTABLES = (3, 2, 1, 2, 3, 4)
+_SPARSE_NSCALARS = (5, 3, 2, 5, 9, 9)
+
+
+cdef int _sparse_call(floating t, int kid, tuple tables, object indices, object values,
+                      tuple s) except -1:
+    """Check ``tables`` / ``indices`` / ``values`` (as typed memoryviews, errors naming
+    the argument), convert the scalars, run kernel ``kid`` without the GIL."""
+    cdef floating[:, ::1] p
+    cdef floating[:, ::1] w
+    cdef floating[::1] rs
+    cdef const int64_t[::1] ix
+    cdef const floating[:, ::1] vl
+    cdef floating* ptr[4]
+    cdef floating c[9]
+    cdef Py_ssize_t rows, dim, n, j
+    cdef int err = 0
+    cdef bint par
+    for j in range(4):
+        ptr[j] = NULL
+    try:
+        p = tables[0]
+    except (TypeError, ValueError, BufferError) as e:
+        raise type(e)(f"param: {e}") from None
+    rows = p.shape[0]
+    dim = p.shape[1]
+    if rows and dim:
+        ptr[0] = &p[0, 0]
+    for j in range(1, len(tables)):
+        if kid == 3:                            # rowwise_adagrad: one value per row
+            try:
+                rs = tables[j]
+            except (TypeError, ValueError, BufferError) as e:
+                raise type(e)(f"state {j}: {e}") from None
+            if rs.shape[0] != rows:
+                raise ValueError(f"state {j} has shape ({rs.shape[0]},); expected ({rows},)")
+            if rows:
+                ptr[j] = &rs[0]
+        else:
+            try:
+                w = tables[j]
+            except (TypeError, ValueError, BufferError) as e:
+                raise type(e)(f"state {j}: {e}") from None
+            if w.shape[0] != rows or w.shape[1] != dim:
+                raise ValueError(f"state {j} has shape ({w.shape[0]}, {w.shape[1]}); "
+                                 f"expected ({rows}, {dim})")
+            if rows and dim:
+                ptr[j] = &w[0, 0]
+    try:
+        ix = indices
+    except (TypeError, ValueError, BufferError) as e:
+        raise type(e)(f"indices (int64, 1-D, C-contiguous): {e}") from None
+    try:
+        vl = values
+    except (TypeError, ValueError, BufferError) as e:
+        raise type(e)(f"values: {e}") from None
+    n = ix.shape[0]
+    if vl.shape[0] != n or vl.shape[1] != dim:
+        raise ValueError(f"values has shape ({vl.shape[0]}, {vl.shape[1]}); expected "
+                         f"({n}, {dim})")
+    if len(s) != _SPARSE_NSCALARS[kid]:
+        raise ValueError(f"kernel {SPARSE_KERNEL_NAMES[kid]!r} takes "
+                         f"{_SPARSE_NSCALARS[kid]} scalars, got {len(s)}")
+    for j in range(len(s)):
+        c[j] = s[j]
+    if n == 0 or dim == 0:
+        return 0
+    par = n * dim >= _config.PARALLEL_THRESHOLD
+    cdef const int64_t* ip = &ix[0]
+    cdef const floating* vp = &vl[0, 0]
+    with nogil:
+        if kid == 0:
+            err = K.sparse_adam(ptr[0], ptr[1], ptr[2], rows, dim, ip, vp, n,
+                                c[0], c[1], c[2], c[3], c[4], par)
+        elif kid == 1:
+            err = K.sparse_adagrad(ptr[0], ptr[1], rows, dim, ip, vp, n, c[0], c[1], c[2], par)
+        elif kid == 2:
+            err = K.sparse_sgd(ptr[0], rows, dim, ip, vp, n, c[0], c[1], par)
+        elif kid == 3:
+            err = K.rowwise_adagrad(ptr[0], ptr[1], rows, dim, ip, vp, n,
+                                    c[0], c[1], c[2], c[3], c[4], par)
+        elif kid == 4:
+            err = K.lazy_adam(ptr[0], ptr[1], ptr[2], rows, dim, ip, vp, n,
+                              c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], par)
+        else:
+            err = K.lazy_adam_amsgrad(ptr[0], ptr[1], ptr[2], ptr[3], rows, dim, ip, vp, n,
+                                      c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+                                      par)
+    if err == -2:
+        raise IndexError(f"indices: a row outside [0, {rows}) (nothing was written)")
+    if err == -1:
+        raise MemoryError("row-sparse step: out of memory (nothing was written)")
+    return 0
+
+
+def sparse_run(str name, tables, indices, values, scalars):
+    """Run row-sparse kernel ``name`` in place: the same contract as
+    :func:`fastadam.kernels.cpu_sparse.run` (the numba backend's).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`SPARSE_KERNEL_NAMES`.
+    tables : sequence of numpy.ndarray
+        The table and its state arrays, in the order of
+        :data:`fastadam._scalars.SPARSE_KERNEL_STATES`: 2-D ``(rows, dim)``
+        C-contiguous, float32 or float64 (all one dtype), writeable; row-wise
+        Adagrad's state 1-D ``(rows,)``.
+    indices : numpy.ndarray
+        1-D C-contiguous int64 rows, duplicates allowed, any order.
+    values : numpy.ndarray
+        ``(len(indices), dim)`` C-contiguous, the table's dtype.
+    scalars : sequence
+        The scalars of :mod:`fastadam._scalars` for this kernel.
+
+    Raises
+    ------
+    KeyError
+        For an unknown kernel name.
+    ValueError, TypeError
+        For arrays of another dtype, shape or layout, a read-only table or state, a
+        wrong number of arrays or scalars.
+    IndexError
+        For a row outside ``[0, rows)``.  All raised before anything is written.
+    """
+    cdef tuple t = tuple(tables)
+    cdef int kid
+    try:
+        kid = _SPARSE_IDS[name]
+    except KeyError:
+        raise KeyError(f"unknown row-sparse kernel {name!r}; expected one of "
+                       f"{SPARSE_KERNEL_NAMES}") from None
+    if len(t) != _SPARSE_NTABLES[kid]:
+        raise ValueError(f"kernel {name!r} takes {_SPARSE_NTABLES[kid]} tables (param, "
+                         f"states), got {len(t)}")
+    if _is_f64(t[0]):
+        _sparse_call(<double>0, kid, t, indices, values, tuple(scalars))
+    else:
+        _sparse_call(<float>0, kid, t, indices, values, tuple(scalars))

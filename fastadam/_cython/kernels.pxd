@@ -122,3 +122,60 @@ cdef void adamax(floating* p, const floating* g, floating* m, floating* u, Py_ss
 
 # 1 when this build of fastadam runs ``parallel`` loops with OpenMP, else 0.
 cdef int openmp_enabled() noexcept nogil
+
+# --- row-sparse (embedding) steps ----------------------------------------------------
+#
+# A table ``p`` of ``rows x dim`` elements (C order) and its state, ``n`` lookups
+# ``idx`` (rows, any order, duplicates allowed) and one gradient row per lookup,
+# ``vals`` (``n x dim``, C order).  Each call sorts the lookups by row (stable), sums
+# each distinct row's gradient rows in lookup order (one thread per row: the result
+# does not depend on the thread count) and updates only those rows of the table and
+# state with the rule of fastadam/rules/sparse.py (lazy_adam*: rules/adam.py), the
+# scalars those of fastadam._scalars' function of the same name, in order.  Returns 0;
+# -2 when an index is outside [0, rows) and -1 when out of memory, both with nothing
+# written (the indices are checked here; the buffers' sizes and overlaps are not).
+# ``rowwise_adagrad``'s ``state`` has one value per row; ``fdim`` is ``dim`` as a float.
+# Memory allocated per call: ~ 40 bytes per lookup plus a row per thread, never
+# proportional to the table.
+#
+#   sparse_adam:      g = gsign*g; m = m + (g - m)*omb1; v = v + (g*g - v)*omb2;
+#                     p = p + neg_step*(m / (sqrt(v) + eps))
+#   sparse_adagrad:   g = gsign*g; s = s + g*g; p = p + neg_clr*(g / (sqrt(s) + eps))
+#   sparse_sgd:       p = p + neg_lr*(gsign*g)
+#   rowwise_adagrad:  g = gsign*g + l2*p (per element); state = state + sum(g*g)/fdim;
+#                     p = p + neg_lr / (sqrt(state) + eps) * g
+#   lazy_adam[_amsgrad]: adam[_amsgrad] above, on the looked-up rows
+
+from libc.stdint cimport int64_t
+
+cdef int sparse_adam(floating* p, floating* m, floating* v, Py_ssize_t rows, Py_ssize_t dim,
+                     const int64_t* idx, const floating* vals, Py_ssize_t n,
+                     floating gsign, floating omb1, floating omb2, floating neg_step,
+                     floating eps, bint parallel) noexcept nogil
+
+cdef int sparse_adagrad(floating* p, floating* s, Py_ssize_t rows, Py_ssize_t dim,
+                        const int64_t* idx, const floating* vals, Py_ssize_t n,
+                        floating gsign, floating neg_clr, floating eps,
+                        bint parallel) noexcept nogil
+
+cdef int sparse_sgd(floating* p, Py_ssize_t rows, Py_ssize_t dim, const int64_t* idx,
+                    const floating* vals, Py_ssize_t n, floating gsign, floating neg_lr,
+                    bint parallel) noexcept nogil
+
+cdef int rowwise_adagrad(floating* p, floating* state, Py_ssize_t rows, Py_ssize_t dim,
+                         const int64_t* idx, const floating* vals, Py_ssize_t n,
+                         floating gsign, floating l2, floating neg_lr, floating eps,
+                         floating fdim, bint parallel) noexcept nogil
+
+cdef int lazy_adam(floating* p, floating* m, floating* v, Py_ssize_t rows, Py_ssize_t dim,
+                   const int64_t* idx, const floating* vals, Py_ssize_t n,
+                   floating gsign, floating l2, floating decay, floating omb1, floating beta2,
+                   floating omb2, floating neg_step, floating inv_bc2_sqrt, floating eps,
+                   bint parallel) noexcept nogil
+
+cdef int lazy_adam_amsgrad(floating* p, floating* m, floating* v, floating* vmax,
+                           Py_ssize_t rows, Py_ssize_t dim, const int64_t* idx,
+                           const floating* vals, Py_ssize_t n,
+                           floating gsign, floating l2, floating decay, floating omb1,
+                           floating beta2, floating omb2, floating neg_step,
+                           floating inv_bc2_sqrt, floating eps, bint parallel) noexcept nogil

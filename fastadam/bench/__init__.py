@@ -47,6 +47,10 @@ fastadam's façades, kernels and configuration below the tools):
   contenders, ratios and table;
 * :mod:`fastadam.bench.report`: the ratios and tables, the machine information
   and the plot;
+* :mod:`fastadam.bench.loop`: the training-loop section (``--loop``): whole
+  iterations of PyTorch training loops with each optimizer;
+* :mod:`fastadam.bench.memory`: the NumPy façade's peak memory (construction and
+  the first steps) measured in a new process;
 * :mod:`fastadam.bench.main`: the options and the order of the measurements
   (:func:`add_arguments` and :func:`run`, which :mod:`fastadam.cli` calls).
 

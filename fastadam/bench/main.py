@@ -79,6 +79,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sparse", action="store_true",
                         help="only the row-sparse (embedding) table: torch SparseAdam / "
                              "Adagrad / SGD against fastadam's (fastadam.bench.sparse)")
+    parser.add_argument("--loop", action="store_true",
+                        help="only the training-loop table: zero_grad + forward + backward + "
+                             "step() of the seed's MLP, an ~8M-param MLP and a small "
+                             "transformer with torch foreach / fused, DeepSpeedCPUAdam and "
+                             "fastadam.torch (fastadam.bench.loop)")
     parser.add_argument("--keras", action="store_true",
                         help="only the Keras table (torch backend): fit() step time with "
                              "each keras.optimizers.X against its fastadam.keras twin, on "
@@ -108,6 +113,9 @@ def run(args) -> int:
     if args.sparse:
         from .sparse import run as run_sparse
         return run_sparse(args)
+    if args.loop:
+        from .loop import run as run_loop
+        return run_loop(args)
     if args.keras:
         from .keras import run as run_keras
         return run_keras(args)

@@ -12,16 +12,18 @@ contender runs interleaved in one process (:func:`fastadam.bench.timing.interlea
   ``step()`` of ``torch.optim.SparseAdam`` / ``Adagrad`` / ``SGD`` (for-loop path);
 * ``torch fused Adam (dense)``: ``torch.optim.Adam(fused=True)`` over the whole
   table with a dense gradient (what the table costs when its gradient is dense);
-* ``row-traffic loop``: a plain compiled parallel loop over the *pre-deduplicated*
-  rows with their pre-summed gradient rows that moves exactly a row-sparse Adam
-  step's bytes (reads the gradient row and the table, ``exp_avg``, ``exp_avg_sq``
-  rows; writes the three; trivial math) -- no sorting, no summing of duplicates --
-  on NumPy-allocated tables (transparent huge pages, as fastadam's flat buffers);
-  ``lookup-traffic loop``: the bytes a step that must sum duplicates moves: over
-  lookups *pre-sorted* by row, every lookup's gradient row read and summed per row,
-  then the distinct rows' bytes moved as above -- no sorting;
+* ``row-traffic loop``: the limit a row-sparse Adam step is measured against -- a
+  plain compiled parallel loop over the *pre-deduplicated* rows (the lookups given
+  already grouped by row: no sorting, no deduplication) that moves every byte such a
+  step must move: it reads each lookup's index entry and gradient row (all
+  ``lookups x dim`` of them, summed per row in lookup order, with plain loops) and
+  reads and writes the table, ``exp_avg`` and ``exp_avg_sq`` rows (trivial math), on
+  NumPy-allocated tables (transparent huge pages, as fastadam's flat buffers);
   ``row-traffic loop, torch memory``: the same loop on torch-allocated tables (4 KiB
   pages where THP is in its ``madvise`` mode: what torch's optimizers run on);
+  ``row-traffic loop, pre-summed``: a lower floor that also skips the gradient reads
+  -- one pre-summed gradient row per distinct row (what the previous versions of this
+  bench called the row-traffic loop);
 * ``fastadam SparseAdam``, ``fastadam Adagrad (sparse)``, ``fastadam SGD (sparse)``,
   ``fastadam RowWiseAdagrad``, ``fastadam Adam lazy``: the whole ``step()`` of the
   fastadam.torch optimizer, coalescing included.
@@ -64,7 +66,7 @@ COMPARISONS = (("fastadam SparseAdam", "torch SparseAdam"),
                ("fastadam SparseAdam", "torch SGD (sparse)"),
                ("fastadam SparseAdam", "row-traffic loop"),
                ("fastadam SparseAdam", "row-traffic loop, torch memory"),
-               ("fastadam SparseAdam", "lookup-traffic loop"),
+               ("fastadam SparseAdam", "row-traffic loop, pre-summed"),
                ("fastadam Adagrad (sparse)", "torch Adagrad (sparse)"))
 
 
@@ -80,9 +82,10 @@ def lookups(rows: int, n: int, dist: str, rng, perm=None) -> np.ndarray:
 _LOOPS = {}
 
 
-def _row_loop():
-    """The row-traffic loop (numba, compiled on first use, cached)."""
-    if "rows" not in _LOOPS:
+def _presummed_loop():
+    """The pre-summed row-traffic loop (numba, compiled on first use, cached): one
+    gradient row per distinct row, given summed."""
+    if "presummed" not in _LOOPS:
         import numba
 
         @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
@@ -94,35 +97,44 @@ def _row_loop():
                     m[r, j] = m[r, j] + x
                     v[r, j] = v[r, j] + x
                     p[r, j] = p[r, j] - x
-        _LOOPS["rows"] = rows_adam_traffic
-    return _LOOPS["rows"]
+        _LOOPS["presummed"] = rows_adam_traffic
+    return _LOOPS["presummed"]
 
 
-def _lookup_loop():
-    """The lookup-traffic loop: over lookups pre-sorted by row (``order``, segment
-    ``starts``, segment ``rows``), it reads every lookup's gradient row, sums a row's
-    in a scratch row and moves the distinct rows' bytes of an Adam step (trivial math)."""
-    if "lookups" not in _LOOPS:
+def _row_loop():
+    """The row-traffic loop: over the distinct rows, given grouped (``order``: the
+    lookups by row; distinct row ``s`` has lookups ``order[starts[s]:starts[s+1]]``),
+    in ``nitems`` work items of consecutive rows.  Per row it reads each lookup's
+    entry of ``idx`` (the row is taken from there) and gradient row, sums them in a
+    scratch row, and moves the row's bytes of an Adam step (trivial math)."""
+    if "rows" not in _LOOPS:
         import numba
 
         @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-        def lookups_adam_traffic(p, m, v, order, starts, rows, vals, nitems):
-            nseg = rows.shape[0]
-            scratch = np.empty((nitems, p.shape[1]), p.dtype)
+        def rows_lookups_adam_traffic(p, m, v, idx, order, starts, vals, nitems):
+            nseg = starts.shape[0] - 1
+            dim = p.shape[1]
+            scratch = np.empty((nitems, dim), p.dtype)
             for c in numba.prange(nitems):
                 buf = scratch[c]
                 for s in range(c * nseg // nitems, (c + 1) * nseg // nitems):
-                    buf[:] = vals[order[starts[s]]]
-                    for k in range(starts[s] + 1, starts[s + 1]):
-                        buf += vals[order[k]]
-                    r = rows[s]
-                    for j in range(p.shape[1]):
+                    a = starts[s]
+                    q = order[a]
+                    r = idx[q]
+                    for j in range(dim):
+                        buf[j] = vals[q, j]
+                    for k in range(a + 1, starts[s + 1]):
+                        q = order[k]
+                        r = idx[q]
+                        for j in range(dim):
+                            buf[j] += vals[q, j]
+                    for j in range(dim):
                         x = buf[j]
                         m[r, j] = m[r, j] + x
                         v[r, j] = v[r, j] + x
                         p[r, j] = p[r, j] - x
-        _LOOPS["lookups"] = lookups_adam_traffic
-    return _LOOPS["lookups"]
+        _LOOPS["rows"] = rows_lookups_adam_traffic
+    return _LOOPS["rows"]
 
 
 def _cycle(fn, items):
@@ -166,28 +178,27 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
     base = rng.standard_normal((rows, dim), dtype=np.float32)
     want = (lambda name: only is None or name in only)
     out = {}
-    # the row-traffic loops: over pre-deduplicated rows with pre-summed gradient rows
-    uniq = []
+    # the row-traffic loops: over pre-deduplicated rows (the lookups grouped by row)
+    import numba
+    nitems = 4 * numba.get_num_threads()
+    grouped, presummed = [], []
     for i, x in zip(idx, vals):
+        order = np.argsort(i, kind="stable")
+        _, starts = np.unique(i[order], return_index=True)
+        grouped.append((i, order, np.append(starts, len(i)), x, nitems))
         r, inv = np.unique(i, return_inverse=True)
         g = np.zeros((r.size, dim), np.float32)
         np.add.at(g, inv.reshape(-1), x)
-        uniq.append((r, g))
+        presummed.append((r, g))
     if want("row-traffic loop"):
         tables = [base.copy(), np.full_like(base, 0.0), np.full_like(base, 0.0)]
         loop = _row_loop()
-        out["row-traffic loop"] = _cycle(lambda rg: loop(*tables, rg[0], rg[1]), uniq)
-    if want("lookup-traffic loop"):
-        import numba
-        nitems = 4 * numba.get_num_threads()
-        presorted = []
-        for i, x in zip(idx, vals):
-            order = np.argsort(i, kind="stable")
-            r, starts = np.unique(i[order], return_index=True)
-            presorted.append((order, np.append(starts, len(i)), r, x))
+        out["row-traffic loop"] = _cycle(lambda a, t=tables: loop(*t, *a), grouped)
+    if want("row-traffic loop, pre-summed"):
         tables2 = [base.copy(), np.full_like(base, 0.0), np.full_like(base, 0.0)]
-        loop2 = _lookup_loop()
-        out["lookup-traffic loop"] = _cycle(lambda ps: loop2(*tables2, *ps, nitems), presorted)
+        loop2 = _presummed_loop()
+        out["row-traffic loop, pre-summed"] = _cycle(lambda rg, t=tables2: loop2(*t, *rg),
+                                                     presummed)
     if torch is None:
         return out
     if want("row-traffic loop, torch memory"):
@@ -197,7 +208,7 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
         arrs = [t.numpy() for t in tt]
         loop = _row_loop()
         out["row-traffic loop, torch memory"] = _cycle(
-            lambda rg, arrs=arrs, tt=tt: loop(*arrs, rg[0], rg[1]), uniq)
+            lambda a, arrs=arrs, tt=tt: loop(*arrs, *a), grouped)
     grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(x),
                                      (rows, dim)) for i, x in zip(idx, vals)]
     dense = []

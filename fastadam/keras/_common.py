@@ -1,9 +1,12 @@
 """What the Keras-style optimizer classes share (not the base class).
 
-* :func:`cpu_run` and :func:`keras_run`: the compiled kernel runners, looked
-  up in :mod:`fastadam.kernels.cpu` / :mod:`fastadam.kernels.cpu_keras` at
-  call time (imported lazily, so that ``import fastadam.keras`` does not import
-  numba, and read as module attributes, so that a patched ``run`` is seen);
+* :data:`TORCH_RULES`, :data:`KERAS_RULES` and :func:`runner`: the kernel
+  families an optimizer's ``_plan`` names (fastadam's torch-form kernels, or the
+  Keras-form ones), and the compiled runner of a family on the host
+  (:mod:`fastadam.kernels.cpu` / :mod:`~fastadam.kernels.cpu_keras`) or on a
+  CUDA device (:mod:`fastadam.kernels.cuda` / :mod:`~fastadam.kernels.cuda_keras`),
+  imported lazily (``import fastadam.keras`` imports no numba) and read as module
+  attributes at each call (so that a patched ``run`` is seen);
 * :func:`check_beta` and :func:`check_eps`: hyperparameter checks;
 * :func:`common_doc`: a class decorator filling the ``{common}`` placeholder
   of a class docstring with the arguments every optimizer takes.
@@ -14,14 +17,24 @@ from __future__ import annotations
 from .. import _validate as _v
 
 
-def cpu_run():
-    """``fastadam.kernels.cpu.run`` (torch-form kernels), looked up now."""
-    from ..kernels import cpu
-    return cpu.run
+#: ``_plan``'s kernel family: the torch-form rules of :mod:`fastadam.rules` (Adam, Nadam)
+TORCH_RULES = "torch"
+#: ``_plan``'s kernel family: the Keras rules of :mod:`fastadam.rules.keras`
+KERAS_RULES = "keras"
 
 
-def keras_run():
-    """``fastadam.kernels.cpu_keras.run`` (Keras-form kernels), looked up now."""
+def runner(family: str, device: bool = False):
+    """``run(kernel_name, arrays, scalars)`` of kernel ``family`` (:data:`TORCH_RULES`
+    or :data:`KERAS_RULES`), for host arrays or, with ``device``, CUDA device arrays."""
+    if device:
+        if family == TORCH_RULES:
+            from ..kernels import cuda
+            return cuda.run
+        from ..kernels import cuda_keras
+        return cuda_keras.run
+    if family == TORCH_RULES:
+        from ..kernels import cpu
+        return cpu.run
     from ..kernels import cpu_keras
     return cpu_keras.run
 

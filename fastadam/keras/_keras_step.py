@@ -5,11 +5,13 @@ Keras' ``apply`` protocol, with fastadam's update in place of Keras' ops:
 1. build on first use, refuse variables the optimizer was not built with, drop
    ``None`` gradients (with Keras' warning);
 2. check every (gradient, variable) pair and take the arrays the kernels run
-   on (:mod:`fastadam.keras._torch_views`: NumPy views of the torch storage),
-   and the learning rate (a schedule's value is checked) -- nothing written yet;
+   on (:mod:`fastadam.keras._torch_views`: NumPy views of the torch storage on
+   the CPU, 1-D torch tensors over it on a CUDA device), and the learning rate
+   (a schedule's value is checked) -- nothing written yet;
 3. overwrite the variables marked ``overwrite_with_gradient`` (Keras' float8
    bookkeeping), then run the fastadam class's kernels (``_plan``) over the
-   arrays: ``1 / loss_scale_factor`` and the norm clip are a gradient factor,
+   arrays (the host kernels, or the cuda ones for CUDA variables, with the same
+   scalars): ``1 / loss_scale_factor`` and the norm clip are a gradient factor,
    ``weight_decay`` the decay factor of the same pass (1 for the variables
    excluded by ``exclude_from_weight_decay``), ``clipvalue`` a clipped copy;
 4. apply the variables' constraints and count the step (``iterations``).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 
+from ._common import runner
 from ._transforms import lr_value
 
 
@@ -97,32 +100,34 @@ class KerasStepMixin:
         return value
 
     def _keras_update(self, chunks, lr):
-        """Run the kernels over ``chunks``: (param, grad, state, decay on)."""
+        """Run the kernels over ``chunks`` (:class:`fastadam.keras._torch_views.Chunk`):
+        the host kernels (or the NumPy steps) for CPU variables, the cuda kernels for
+        CUDA ones, with the same scalars."""
         tv = self._tv
         for n, var in self._kscalars.items():           # Nadam's u_product
             setattr(self, n, float(tv.tensor(var)))
         st = self._prepare_step(lr)
-        gscales = self._grad_scales([(None, c[1], None) for c in chunks]) \
+        gscales = self._grad_scales([(None, c.g, None) for c in chunks], tv.sumsq) \
             if (self.clipnorm or self.global_clipnorm or self.loss_scale_factor) else None
-        be = self._backend()
+        be = self._backend() if any(not c.ops.device for c in chunks) else None
         tv.follow_torch_threads()
         plans = {}                      # chunks alike share their scalars
-        for k, (p, g, state, decay_on) in enumerate(chunks):
-            if p.size == 0:
+        for k, c in enumerate(chunks):
+            if c.n == 0:
                 continue
             gscale = gscales[k] if gscales is not None else 1.0
-            s = st if decay_on or st.decay == 1.0 else type(st)(st.t, st.lr, 1.0, st.extra)
-            if self.clipvalue:
-                g = self._clip_values(g)
-            if be == "numpy":
-                self._numpy_update(p, g, state, gscale, s)
+            s = st if c.decay_on or st.decay == 1.0 else type(st)(st.t, st.lr, 1.0, st.extra)
+            g = c.ops.clip_values(self, c.g) if self.clipvalue else c.g
+            if be == "numpy" and not c.ops.device:
+                self._numpy_update(c.p, g, c.state, gscale, s)
                 continue
-            key = (p.dtype, gscale, s.decay)
+            key = (c.dtype, gscale, s.decay)
             plan = plans.get(key)
             if plan is None:
-                plan = plans[key] = self._plan(p.dtype, gscale, s)
-            run, kname, names, scal = plan
-            run(kname, (p, g) + tuple(state[n] for n in names), scal)
+                plan = plans[key] = self._plan(c.dtype, gscale, s)
+            family, kname, names, scal = plan
+            runner(family, c.ops.device)(kname, (c.p, g) + tuple(c.state[n] for n in names),
+                                         scal)
         self._finish_step(st)
         for n, var in self._kscalars.items():
             tv.set_scalar(var, getattr(self, n))

@@ -74,6 +74,12 @@ def global_norm_scale(norm, clip):
     return clip * min(1.0 / norm, 1.0 / clip)
 
 
+def host_sumsq(grads):
+    """The sum of squares of each host array of ``grads`` (NumPy's dot: the arrays'
+    precision), as Python floats."""
+    return [float(np.vdot(g, g)) for g in grads]
+
+
 def _transform_attr(name):
     """A gradient-transform attribute (``clipnorm`` ...): validated when set, and
     setting it drops the per-call cache, which was built for the old value."""
@@ -158,25 +164,24 @@ class GradientTransformMixin:
             if self.loss_scale_factor <= 0:
                 raise ValueError(f"Invalid loss_scale_factor: {loss_scale_factor} (must be > 0)")
 
-    def _grad_scales(self, pairs):
+    def _grad_scales(self, pairs, sumsq=None):
         """Per-pair gradient multipliers: 1/loss_scale_factor and the norm clipping.
 
         With ``clipvalue`` the multiplier is 1: :meth:`_clip_values` unscales
         before it clips (Keras' order), so the kernel must not unscale again.
+        ``sumsq(grads)`` gives the gradients' sums of squares as floats (default:
+        :func:`host_sumsq`; Keras variables on a GPU pass one that reduces there).
         """
         if self.clipvalue:
             return [1.0] * len(pairs)
         base = 1.0 / self.loss_scale_factor if self.loss_scale_factor else 1.0
+        if not (self.clipnorm or self.global_clipnorm):
+            return [base] * len(pairs)
+        sq = (sumsq or host_sumsq)([g for _, g, _ in pairs])
         if self.clipnorm:
-            out = []
-            for _, g, _ in pairs:
-                norm = math.sqrt(float(np.vdot(g, g))) * base
-                out.append(base * self._norm_scale(norm, self.clipnorm))
-            return out
-        if self.global_clipnorm:
-            norm = math.sqrt(sum(float(np.vdot(g, g)) for _, g, _ in pairs)) * base
-            return [base * global_norm_scale(norm, self.global_clipnorm)] * len(pairs)
-        return [base] * len(pairs)
+            return [base * self._norm_scale(math.sqrt(s) * base, self.clipnorm) for s in sq]
+        norm = math.sqrt(sum(sq)) * base
+        return [base * global_norm_scale(norm, self.global_clipnorm)] * len(pairs)
 
     _norm_scale = staticmethod(norm_scale)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validate as _v
-from ._common import check_eps, common_doc, keras_run
+from ._common import KERAS_RULES, check_eps, common_doc
 from .base import Optimizer
 
 
@@ -44,7 +44,7 @@ class Adadelta(Optimizer):
 
     def _plan(self, dtype, gscale, st):
         c = dtype.type
-        return keras_run(), "adadelta", ("accumulated_grad", "accumulated_delta_var"), (
+        return KERAS_RULES, "adadelta", ("accumulated_grad", "accumulated_delta_var"), (
             c(gscale), c(st.decay), c(self.rho), c(1.0 - self.rho), c(st.lr),
             c(self.epsilon))
 

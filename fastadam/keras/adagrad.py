@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validate as _v
-from ._common import check_eps, common_doc, keras_run
+from ._common import KERAS_RULES, check_eps, common_doc
 from .base import Optimizer
 
 
@@ -44,7 +44,7 @@ class Adagrad(Optimizer):
 
     def _plan(self, dtype, gscale, st):
         c = dtype.type
-        return keras_run(), "adagrad", ("accumulator",), (
+        return KERAS_RULES, "adagrad", ("accumulator",), (
             c(gscale), c(st.decay), c(st.lr), c(self.epsilon))
 
     def _numpy_update(self, p, g, s, gscale, st):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _validate as _v
-from ._common import check_beta, check_eps, common_doc, cpu_run
+from ._common import TORCH_RULES, check_beta, check_eps, common_doc
 from .base import Optimizer
 
 
@@ -67,8 +67,8 @@ class Adam(Optimizer):
         scal = (c(gscale), c(0.0), c(st.decay), c(1.0 - b1), c(b2), c(1.0 - b2),
                 c(-self._alpha(st)), c(1.0), c(self.epsilon))
         if self.amsgrad:
-            return cpu_run(), "adam_amsgrad", ("momentum", "velocity", "velocity_hat"), scal
-        return cpu_run(), "adam", ("momentum", "velocity"), scal
+            return TORCH_RULES, "adam_amsgrad", ("momentum", "velocity", "velocity_hat"), scal
+        return TORCH_RULES, "adam", ("momentum", "velocity"), scal
 
     def _numpy_update(self, p, g, s, gscale, st):
         c = p.dtype.type

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import check_beta, check_eps, common_doc, keras_run
+from ._common import KERAS_RULES, check_beta, check_eps, common_doc
 from .base import Optimizer
 
 
@@ -44,7 +44,7 @@ class Adamax(Optimizer):
     def _plan(self, dtype, gscale, st):
         c = dtype.type
         neg_clr = -st.lr / (1.0 - self.beta_1 ** st.t)
-        return keras_run(), "adamax", ("momentum", "norm"), (
+        return KERAS_RULES, "adamax", ("momentum", "norm"), (
             c(gscale), c(st.decay), c(1.0 - self.beta_1), c(self.beta_2), c(self.epsilon),
             c(neg_clr))
 

@@ -20,6 +20,7 @@ from .. import _backends
 from .. import _validate as _v
 from . import _bridge
 from ._checks import check_pairs, check_variables, extent, optional_nonneg, owner
+from ._common import runner
 from ._transforms import GradientTransformMixin, LearningRateMixin
 
 BACKENDS = ("auto", "numba", "numpy")
@@ -56,8 +57,10 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
     """Base of the Keras-style optimizers (see the module docstring).
 
     Subclasses implement ``_state_specs()`` (state names in kernel order with
-    their initial values), ``_plan(dtype, gscale, st)`` (the compiled kernel
-    runner, its name, its state names and its scalars) and
+    their initial values), ``_plan(dtype, gscale, st)`` (the kernel family,
+    :data:`~fastadam.keras._common.TORCH_RULES` or
+    :data:`~fastadam.keras._common.KERAS_RULES`, the kernel's name, its state
+    names and its scalars) and
     ``_numpy_update(p, g, s, gscale, st)`` (the readable NumPy step).
 
     Attributes
@@ -255,8 +258,8 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
             if be == "numpy":
                 self._numpy_update(p, g, arrays, gscale, st)
             else:
-                run, kname, names, scal = self._plan(p.dtype, gscale, st)
-                run(kname, (p, g) + tuple(arrays[n] for n in names), scal)
+                family, kname, names, scal = self._plan(p.dtype, gscale, st)
+                runner(family)(kname, (p, g) + tuple(arrays[n] for n in names), scal)
         self._finish_step(st)
         self._steps += 1
 

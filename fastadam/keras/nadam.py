@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _scalars
-from ._common import check_beta, check_eps, common_doc, cpu_run
+from ._common import TORCH_RULES, check_beta, check_eps, common_doc
 from .base import Optimizer
 
 
@@ -79,7 +79,7 @@ class Nadam(Optimizer):
         #                            inv_bc2, eps, cg, cm)
         scal = (c(gscale), c(0.0), c(st.decay), c(1.0 - b1), c(b2), c(1.0 - b2),
                 c(1.0 / (1.0 - b2 ** st.t)), c(self.epsilon), c(cg), c(cm))
-        return cpu_run(), "nadam", ("momentum", "velocity"), scal
+        return TORCH_RULES, "nadam", ("momentum", "velocity"), scal
 
     def _numpy_update(self, p, g, s, gscale, st):
         c = p.dtype.type

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validate as _v
-from ._common import check_eps, common_doc, keras_run
+from ._common import KERAS_RULES, check_eps, common_doc
 from .base import Optimizer
 
 
@@ -66,7 +66,7 @@ class RMSprop(Optimizer):
         if self.momentum > 0:
             kname += "_momentum"
             scal += (c(self.momentum),)
-        return keras_run(), kname, names, scal
+        return KERAS_RULES, kname, names, scal
 
     def _numpy_update(self, p, g, s, gscale, st):
         c = p.dtype.type

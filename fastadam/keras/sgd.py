@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import _validate as _v
-from ._common import common_doc, keras_run
+from ._common import KERAS_RULES, common_doc
 from .base import Optimizer
 
 
@@ -45,8 +45,8 @@ class SGD(Optimizer):
         c = dtype.type
         scal = (c(gscale), c(st.decay), c(st.lr))
         if self.momentum == 0:
-            return keras_run(), "sgd", (), scal
-        return keras_run(), "sgd_momentum", ("momentum",), scal + (
+            return KERAS_RULES, "sgd", (), scal
+        return KERAS_RULES, "sgd_momentum", ("momentum",), scal + (
             c(self.momentum), bool(self.nesterov))
 
     def _numpy_update(self, p, g, s, gscale, st):

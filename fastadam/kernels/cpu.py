@@ -168,9 +168,20 @@ def bind(name: str, arrays, scalars):
     ``dtype.type`` does.  The caller must have checked the arrays (1-D,
     C-contiguous, one dtype, writeable, not overlapping): nothing is checked per call.
     """
+    return functools.partial(entry(name, arrays, scalars), *arrays)
+
+
+def entry(name: str, arrays, scalars):
+    """The compiled entry point of kernel ``name`` for arrays and scalars typed as
+    ``arrays`` and ``scalars``: ``f(*arrays, *scalars)``, skipping numba's dispatch.
+
+    :func:`bind` without the arrays bound, for a caller that holds no reference to
+    them (:mod:`fastadam.functional`'s cached plans).  The caller must check that
+    every array it passes has the type of the one it was compiled for (dtype, 1-D,
+    C-contiguous, writeability, alignment): the entry point does not.
+    """
     sig = tuple(numba.typeof(a) for a in arrays) + tuple(numba.typeof(s) for s in scalars)
-    entry = _variants.entry(name, use_parallel(arrays[0].shape[0]), sig)
-    return functools.partial(entry, *arrays)
+    return _variants.entry(name, use_parallel(arrays[0].shape[0]), sig)
 
 
 def run(name: str, arrays, scalars) -> None:

@@ -14,8 +14,11 @@ Inputs are any C-contiguous arrays exposing ``__cuda_array_interface__``
 (numba device arrays, CuPy arrays, PyTorch CUDA tensors), used in place
 without a copy.  Work is issued on the caller's stream: for a torch tensor
 the current torch stream of its device, for a CuPy array CuPy's current
-stream, for a numba device array the array's own stream (else the default
-stream), and otherwise the ``stream`` entry of the array interface.
+stream of its device, for a numba device array the array's own stream (else
+the default stream), and otherwise the ``stream`` entry of the array
+interface.  The launch goes on the first array's stream, after the work
+queued on the other arrays' streams (:func:`launch`).  An array of another
+producer is on the device that holds its memory (``cuPointerGetAttribute``).
 
 This module is imported only when the ``cuda`` backend is first asked for
 (importing :mod:`fastadam` does not import ``numba.cuda``); each kernel is
@@ -44,7 +47,7 @@ import math
 import os
 import sys
 import types
-import weakref
+import warnings
 
 import numpy as np
 from numba import config as _nb_config
@@ -171,15 +174,21 @@ _RULES_HASH = _rules.source_hash(extra="cuda")
 _compiled: dict = {}
 
 
-def _make(name: str):
-    src = globals()[name]
-    suffix = "_cuda_" + _RULES_HASH
-    f = types.FunctionType(src.__code__, src.__globals__, name + suffix, src.__defaults__,
-                           src.__closure__)
+def jit_kernel(src, suffix: str):
+    """The numba CUDA kernel of grid-stride loop ``src`` (a module-level function),
+    compiled lazily and cached on disk under the name ``src.__name__ + suffix``: the
+    suffix carries the hash of the rules it inlines, which numba's cache check (the
+    timestamp of ``src``'s file) does not see.  Also used by :mod:`.cuda_keras`."""
+    f = types.FunctionType(src.__code__, src.__globals__, src.__name__ + suffix,
+                           src.__defaults__, src.__closure__)
     f.__qualname__ = src.__qualname__ + suffix
     f.__module__ = src.__module__
     # fastmath stays off: IEEE division and square root, NaN/Inf propagate as in torch.
     return cuda.jit(cache=not SIMULATOR)(f)
+
+
+def _make(name: str):
+    return jit_kernel(globals()[name], "_cuda_" + _RULES_HASH)
 
 
 def get(name: str):
@@ -270,6 +279,8 @@ def _info(name: str, a) -> _Info | None:
         elif _is_numba_device_array(a):
             dev = _numba_array_device(a)
             stream = ("numba", a.stream)
+        else:  # another producer: the device that holds the memory, asked of the driver
+            dev = _pointer_device(name, cai["data"][0])
     try:
         dtype = np.dtype(cai["typestr"])
     except TypeError:
@@ -288,6 +299,43 @@ def _numba_array_device(a):
         return a.gpu_data.context.device.id
     except AttributeError:  # pragma: no cover - numba internals moved
         return None
+
+
+def _driver_pointer_device(ptr):  # pragma: no cover - real GPU
+    """The ordinal of the device whose memory ``ptr`` is in (cuPointerGetAttribute)."""
+    from numba.cuda.cudadrv import driver as drv
+    if getattr(drv, "USE_NV_BINDING", True):   # numba-cuda; numba with NVIDIA's bindings
+        b = drv.binding
+        attr = b.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+        return int(drv.driver.cuPointerGetAttribute(attr, b.CUdeviceptr(ptr)))
+    import ctypes
+    from numba.cuda.cudadrv import enums
+    out = ctypes.c_int(-1)
+    drv.driver.cuPointerGetAttribute(ctypes.byref(out),
+                                     enums.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, ptr)
+    return out.value
+
+
+#: ``ptr -> device ordinal`` for memory of producers other than torch, CuPy and numba
+#: (None under the simulator, where device memory is host memory); tests replace it.
+_ptr_device = None if SIMULATOR else _driver_pointer_device
+
+
+def _pointer_device(name, ptr):
+    """The device of an array known only by its interface, from its pointer."""
+    if _ptr_device is None or not ptr:
+        return None
+    try:
+        dev = _ptr_device(ptr)
+    except Exception as e:
+        raise TypeError(
+            f"{name}: the CUDA driver does not know the memory its __cuda_array_interface__ "
+            f"points at (cuPointerGetAttribute failed: {e}); the cuda backend needs device "
+            "memory (torch CUDA tensors, CuPy or numba device arrays)") from None
+    if not isinstance(dev, int) or dev < 0:
+        raise TypeError(f"{name}: its __cuda_array_interface__ memory is on no CUDA device "
+                        f"(device ordinal {dev!r})")
+    return dev
 
 
 def _flat_view(info: _Info, n: int, owned: bool = True):
@@ -408,11 +456,16 @@ def check(named: dict, outputs: tuple) -> dict:
                                      "must be distinct")
     n = f.size
     views = {name: _flat_view(infos[name], n) for name, _ in items}
-    views[first_name] = _with_stream(views[first_name], f)
+    views[first_name] = _with_stream(views[first_name], [infos[name] for name, _ in items])
     return views
 
 
 # --- streams ---------------------------------------------------------------------------
+# Each array says which stream its pending work is on (``_Info.stream``, a "spec"): the
+# launch goes on the first array's stream, after the work queued so far on the other
+# arrays' streams (an event recorded there, waited for on the launch stream), and those
+# streams then wait for the launch (so what they do next sees the update).  Arrays that
+# all name one stream (the usual case: torch's current stream) cost nothing extra.
 
 _external_streams: dict = {}
 
@@ -426,7 +479,11 @@ def _external(handle: int):
 
 def _stream_of(info: _Info):
     """The numba stream the caller's work on ``info`` is ordered on (0: the default one)."""
-    s = info.stream
+    return _resolve(info.stream)
+
+
+def _resolve(s):
+    """The numba stream (or 0) of a stream spec (see :class:`_Info`)."""
     if SIMULATOR or s is None:
         return 0
     if isinstance(s, tuple):
@@ -434,9 +491,13 @@ def _stream_of(info: _Info):
         if kind == "torch":
             import torch
             handle = torch.cuda.current_stream(x).cuda_stream
-        elif kind == "cupy":
+        elif kind == "cupy":   # CuPy's current stream *of the array's device*
             import cupy
-            handle = cupy.cuda.get_current_stream().ptr
+            try:
+                handle = cupy.cuda.get_current_stream(x).ptr
+            except TypeError:  # CuPy < 10: no device argument; ask with it current
+                with cupy.cuda.Device(x):
+                    handle = cupy.cuda.get_current_stream().ptr
         else:  # numba: the array's own stream, else the default stream
             return x if x else 0
     else:  # the array interface's stream entry (v3): an int, 1/2 = legacy/per-thread
@@ -444,10 +505,65 @@ def _stream_of(info: _Info):
     return _external(handle) if handle else 0
 
 
-def _with_stream(view, info):
-    if not isinstance(view, _Empty) and not SIMULATOR:
-        view.stream = _stream_of(info)
+def _handle(s) -> int:
+    return int(s) if s else 0
+
+
+def _streams(specs):
+    """``(launch stream, other streams)`` for the stream specs of a launch's arrays (the
+    launch array's first); a None spec (the producer asks for no ordering) is skipped."""
+    stream = _resolve(specs[0])
+    if all(sp == specs[0] or sp is None for sp in specs):
+        return stream, ()
+    seen = {_handle(stream)}
+    joins = []
+    for sp in specs[1:]:
+        if sp is None:
+            continue
+        s = _resolve(sp)
+        h = _handle(s)
+        if h not in seen:
+            seen.add(h)
+            joins.append(s)
+    return stream, tuple(joins)
+
+
+def _new_event():  # pragma: no cover - real GPU (the simulator's events do nothing)
+    return cuda.event(timing=False)
+
+
+def _order(first, then):
+    """Make stream ``then`` wait for the work queued so far on stream ``first``."""
+    ev = _new_event()
+    ev.record(first)
+    ev.wait(then)
+
+
+def _with_stream(view, infos):
+    """The launch view of a checked step, carrying its streams (those of ``infos``:
+    every array of the step, the launch array's first) and its device."""
+    if not isinstance(view, _Empty):
+        with _on_device(infos[0].device):     # (an external stream is made in a context)
+            stream, joins = _streams([i.stream for i in infos])
+        if not SIMULATOR:
+            view.stream = stream
+        view._fastadam_launch = (stream, joins, infos[0].device)
     return view
+
+
+def _streams_of_view(view):
+    """``(stream, joins)`` of a launch view (see :func:`_with_stream`)."""
+    return _launch_of_view(view)[:2]
+
+
+def _launch_of_view(view):
+    """``(stream, joins, device)`` of a launch view (see :func:`_with_stream`)."""
+    st = getattr(view, "_fastadam_launch", None)
+    if st is not None:
+        return st
+    if SIMULATOR:
+        return 0, (), None
+    return (getattr(view, "stream", 0) or 0), (), _numba_array_device(view)
 
 
 # --- launching -------------------------------------------------------------------------
@@ -474,92 +590,183 @@ def grid_size(n: int) -> tuple:
     return max(1, min(-(-n // bs), _max_blocks(bs))), bs
 
 
-def _as_views(arrays):
-    """Flat views of ``arrays`` (already-made views pass through); the launch stream."""
-    first = arrays[0]
-    if isinstance(first, _Empty):
-        return None, 0
-    if SIMULATOR and _is_numba_device_array(first) and len(first.shape) == 1 and \
-            all(_is_numba_device_array(a) for a in arrays):
-        return arrays, 0
-    if not SIMULATOR and isinstance(first, cuda.devicearray.DeviceNDArray) and \
-            first.ndim == 1 and all(isinstance(a, cuda.devicearray.DeviceNDArray)
-                                    for a in arrays):
-        return arrays, (first.stream or 0)
-    # Raw device arrays (e.g. torch CUDA tensors from fastadam.torch): view them here.
-    # The views of the last few sets of arrays are kept, so that a training loop
-    # calling with the same buffers each step does not rebuild them.
-    key = tuple(map(id, arrays))
-    hit = _view_cache.get(key)
-    if hit is not None:
-        refs, where, views, stream_spec = hit
-        if all(r() is a for r, a in zip(refs, arrays)) and \
-                all(_where(a) == w for a, w in zip(arrays, where)):
-            return views, _stream_of(stream_spec)
-        del _view_cache[key]
-    infos = []
-    for k, a in enumerate(arrays):
-        i = _info(f"arrays[{k}]", a)
-        if i is None:
-            raise TypeError(f"arrays[{k}] is not a device array ({_kind(a)})")
-        if not i.c_contiguous():
-            raise ValueError(f"arrays[{k}] is not C-contiguous")
-        want = infos[0].dtype if infos else None
-        if i.dtype not in FLOAT_DTYPES or (want is not None and i.dtype != want):
-            raise TypeError(f"arrays[{k}] has dtype {i.dtype}; expected float32 or float64, "
-                            "the same for all arrays")
-        if infos and i.size != infos[0].size:
-            raise ValueError(f"arrays[{k}] has {i.size} elements, arrays[0] has "
-                             f"{infos[0].size}")
-        infos.append(i)
-    n = infos[0].size
-    if n == 0:
-        return None, 0
-    stream_spec = _Info(None, (), infos[0].dtype, None, 0, False, infos[0].stream,
-                        infos[0].device)
-    try:
-        refs = tuple(weakref.ref(a) for a in arrays)
-    except TypeError:  # an array type without weak references: no caching
-        return tuple(_flat_view(i, n) for i in infos), _stream_of(stream_spec)
-    views = tuple(_flat_view(i, n, owned=False) for i in infos)
-    if len(_view_cache) >= _VIEW_CACHE_SIZE:
-        _view_cache.clear()
-    _view_cache[key] = (refs, tuple(_where(a) for a in arrays), views, stream_spec)
-    return views, _stream_of(stream_spec)
+_configs: dict = {}
+_CONFIGS_SIZE = 512
+_perf_warning_classes = None
 
 
-_VIEW_CACHE_SIZE = 64
+def _perf_warnings() -> tuple:
+    """numba's NumbaPerformanceWarning classes: numba-cuda has its own (not a subclass of
+    numba.core's), numba's built-in CUDA target numba.core's."""
+    global _perf_warning_classes
+    if _perf_warning_classes is None:
+        import importlib
+        found = []
+        for mod in ("numba.cuda.core.errors", "numba.core.errors"):
+            try:
+                found.append(importlib.import_module(mod).NumbaPerformanceWarning)
+            except (ImportError, AttributeError):
+                pass
+        _perf_warning_classes = tuple(found)
+    return _perf_warning_classes
+
+
+def launch(kernel, blocks: int, threads: int, stream, args, joins=()) -> None:
+    """Launch ``kernel`` with ``blocks`` x ``threads`` on ``stream``, after the work
+    queued on the streams ``joins``, which then wait for it.
+
+    Parameters
+    ----------
+    kernel : numba CUDA dispatcher
+        A kernel of this module, :mod:`.cuda_lowp` or :mod:`.cuda_sparse`.
+    blocks, threads : int
+        Grid and block size.
+    stream : numba stream or 0
+        The launch stream (0: the default stream).
+    args : tuple
+        The kernel's arguments.
+    joins : tuple of numba streams, optional
+        Other streams the arrays' pending work is on (see :func:`_streams`).
+
+    Notes
+    -----
+    numba-cuda warns (``NumbaPerformanceWarning``) when it makes the launch
+    configuration of a grid under 128 blocks, as every buffer under ~32K elements
+    has: fastadam sizes its grids itself, so the warning is silenced for its own
+    launches (only), and the configurations are kept (one per kernel, grid and
+    stream), which also skips numba's per-launch configuration lookup.
+    """
+    for s in joins:
+        _order(s, stream)
+    if SIMULATOR:  # the simulator's configuration is the kernel itself: not kept
+        kernel[blocks, threads, stream](*args)
+    else:
+        key = (kernel, blocks, threads, stream)
+        cfg = _configs.get(key)
+        if cfg is None:
+            with warnings.catch_warnings():
+                for category in _perf_warnings():
+                    warnings.simplefilter("ignore", category)
+                cfg = kernel[blocks, threads, stream]
+            if len(_configs) >= _CONFIGS_SIZE:
+                _configs.clear()
+            _configs[key] = cfg
+        cfg(*args)
+    for s in joins:
+        _order(stream, s)
+
+
+# Views of raw device arrays (``run`` called with torch tensors, CuPy arrays, ...), kept
+# by the memory they describe: (pointer, elements, dtype, device) -> flat view (owning
+# nothing: used only while the caller holds an array at that memory).  A training loop
+# that passes fresh slices of the same flat buffers, or fresh gradient tensors that the
+# caching allocator puts where the last ones were, reuses them: a torch tensor's key is
+# read without its __cuda_array_interface__ (the slow part of a launch).
+_VIEW_CACHE_SIZE = 256
 _view_cache: dict = {}
 
 
-def _where(a):
-    """Where ``a``'s data is: (pointer, shape), cheaply."""
+def _raw_view(k: int, a):
+    """``(flat view, dtype, size, device, stream spec)`` of raw device array ``a``."""
     t = _torch_tensor(a)
-    if t is not None:
-        return t.data_ptr(), tuple(t.shape)
-    if SIMULATOR and _is_numba_device_array(a):
-        return a._ary.__array_interface__["data"][0], tuple(a._ary.shape)
-    cai = a.__cuda_array_interface__
-    return cai["data"][0], tuple(cai["shape"])
+    if t is not None and t.is_cuda and t.is_contiguous():
+        dev = t.get_device()
+        key = (t.data_ptr(), t.numel(), t.dtype, dev)
+        hit = _view_cache.get(key)
+        if hit is not None:
+            return hit + (("torch", dev),)
+    else:
+        key = None
+    i = _info(f"arrays[{k}]", a)
+    if i is None:
+        raise TypeError(f"arrays[{k}] is not a device array ({_kind(a)})")
+    if not i.c_contiguous():
+        raise ValueError(f"arrays[{k}] is not C-contiguous")
+    if i.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"arrays[{k}] has dtype {i.dtype}; expected float32 or float64, "
+                        "the same for all arrays")
+    n = i.size
+    if _is_numba_device_array(a):      # a numba array: its own stream, no cache
+        return _flat_view(i, n), i.dtype, n, i.device, i.stream
+    if key is None:
+        key = (i.ptr, n, i.dtype, i.device)
+    hit = _view_cache.get(key)
+    if hit is None:
+        if len(_view_cache) >= _VIEW_CACHE_SIZE:
+            _view_cache.clear()
+        hit = _view_cache[key] = (_flat_view(i, n, owned=False), i.dtype, n, i.device)
+    return hit + (i.stream,)
+
+
+def _numba_launch(arrays):
+    """Where to launch on 1-D numba device arrays: what :func:`check` put on the first
+    (its views), else the arrays' own streams (the first's, after the others')."""
+    if hasattr(arrays[0], "_fastadam_launch"):
+        return arrays[0]._fastadam_launch
+    dev = None if SIMULATOR else _numba_array_device(arrays[0])
+    with _on_device(dev):
+        return _streams([("numba", getattr(a, "stream", 0)) for a in arrays]) + (dev,)
+
+
+def _as_views(arrays):
+    """Flat views of ``arrays`` (already-made views pass through) and where to launch:
+    ``(stream, joins, device)``; ``(None, None)`` when there is nothing to do."""
+    first = arrays[0]
+    if isinstance(first, _Empty):
+        return None, None
+    if SIMULATOR and _is_numba_device_array(first) and len(first.shape) == 1 and \
+            all(_is_numba_device_array(a) for a in arrays):
+        return arrays, _numba_launch(arrays)
+    if not SIMULATOR and isinstance(first, cuda.devicearray.DeviceNDArray) and \
+            first.ndim == 1 and all(isinstance(a, cuda.devicearray.DeviceNDArray)
+                                    for a in arrays):
+        return arrays, _numba_launch(arrays)
+    # Raw device arrays (e.g. torch CUDA tensors from fastadam.torch): viewed here.
+    got = [_raw_view(k, a) for k, a in enumerate(arrays)]
+    _, dt0, n0, _, _ = got[0]
+    for k, (_, dt, n, _, _) in enumerate(got[1:], 1):
+        if dt != dt0:
+            raise TypeError(f"arrays[{k}] has dtype {dt}; expected float32 or float64, "
+                            "the same for all arrays")
+        if n != n0:
+            raise ValueError(f"arrays[{k}] has {n} elements, arrays[0] has {n0}")
+    dev0 = got[0][3]
+    for k, g in enumerate(got[1:], 1):
+        if g[3] is not None and dev0 is not None and g[3] != dev0:
+            raise ValueError(f"arrays[{k}] is on device {g[3]}, but arrays[0] is on device "
+                             f"{dev0}; all arrays of a step must be on one device")
+    if n0 == 0:
+        return None, None
+    with _on_device(dev0):
+        streams = _streams([g[4] for g in got])
+    return tuple(g[0] for g in got), streams + (dev0,)
 
 
 def run(name: str, arrays, scalars) -> None:
     """Launch kernel ``name`` on ``arrays`` (flat views from :func:`check`, or raw
     contiguous device arrays of one dtype and size) with the given scalars.
 
-    Asynchronous: the work is queued on the caller's stream and this returns.
+    Asynchronous: the work is queued on the first array's stream (after the work
+    pending on the other arrays' streams) and this returns.
     """
-    views, stream = _as_views(tuple(arrays))
+    run_with(get, name, arrays, scalars)
+
+
+def run_with(get_kernel, name: str, arrays, scalars) -> None:
+    """:func:`run` with the kernel ``get_kernel(name)`` (that of another kernel module:
+    :func:`fastadam.kernels.cuda_keras.run`): the same views, checks, streams and
+    launch."""
+    views, where = _as_views(tuple(arrays))
     if views is None:
         return
     n = views[0].shape[0]
     if n == 0:
         return
-    kernel = get(name)
-    dev = None if SIMULATOR else _numba_array_device(views[0])
+    stream, joins, dev = where
+    kernel = get_kernel(name)
     with _on_device(dev):
         blocks, bs = grid_size(n)
-        kernel[blocks, bs, stream](*views, *scalars)
+        launch(kernel, blocks, bs, stream, tuple(views) + tuple(scalars), joins)
 
 
 # --- availability (the backend itself is made by fastadam._backends) -------------------

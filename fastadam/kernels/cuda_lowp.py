@@ -22,8 +22,11 @@ arithmetic is the same (see "Bits" below):
 * ``sumsq_*``: the first pass of a scaled / clipped step
   (:func:`fastadam.lowp.grad_stats`): the float64 sum of squares of
   ``clamp(g * gscale, clip)`` and the count of non-finite raw elements,
-  reduced per block in shared memory and added atomically into a 2-element
-  float64 device array that the host reads with one small copy.
+  reduced per block in shared memory into a slot of its own of a float64
+  array of per-block partials; ``sumsq_total`` (one block) then adds the
+  partials in a fixed order into a 2-element array that the host reads with
+  one small copy.  No atomics: the norm is the same bits run after run, as on
+  the CPU.
 
 Every Adam kernel transforms the gradient first, ``g = clamp(g * gscale, clip)``
 (``gscale = clip_coef / grad_scale``, ``clip = clip_value * clip_coef``; 1 and
@@ -95,6 +98,10 @@ if SIMULATOR:
     def as_int(x):
         """An integer array element as a (Python / int64) integer."""
         return int(x)
+
+    def rint(x):
+        """float32 ``x`` rounded to the nearest integer, ties to even, as an integer."""
+        return round(x)
 else:  # pragma: no cover - real GPU
     from numba.cuda import libdevice
 
@@ -110,6 +117,10 @@ else:  # pragma: no cover - real GPU
     def as_int(x):
         return numba.int64(x)
 
+    @cuda.jit(device=True)
+    def rint(x):   # round() of a float32 goes through float64 in numba
+        return numba.int64(libdevice.rintf(x))
+
 
 # --- the rules and codecs as device functions ---------------------------------------------
 
@@ -121,7 +132,21 @@ c_bf16_encode_sr = _device(_cd.bf16_encode_sr)
 c_bf16_decode = _device(_cd.bf16_decode)
 c_absbits = _device(_cd.absbits)
 c_bigger_bits = _device(_cd.bigger_bits)
-c_lin8_encode = _device(_cd.lin8_encode)
+
+
+@_device
+def c_lin8_encode(y, qmax):
+    """:func:`fastadam.rules.codecs.lin8_encode` with its bound given as a float32
+    (``qmax`` = 127) and float32 rounding: the spec's ``y >= 127`` and ``round(y)``
+    go through float64 in numba (exact, but double-precision instructions)."""
+    if y != y:
+        return 0
+    if y >= qmax:
+        return 127
+    if y <= -qmax:
+        return -127
+    return rint(y)
+
 c_log8_encode = _device(_cd.log8_encode)
 c_log8_decode = _device(_cd.log8_decode)
 c_f16_encode = _device(_pc.f16_encode)
@@ -260,9 +285,9 @@ def _i8_update(p, i, n, pq, gq, mq, vq, mstep, vsc, am, av, zero, gscale, clip,
 
 
 @_device
-def _i8_store(mq, vq, i, n, mi, vi, minv, vinv):
+def _i8_store(mq, vq, i, n, mi, vi, minv, vinv, qmax):
     if i < n:
-        mq[i] = c_lin8_encode(mi * minv)
+        mq[i] = c_lin8_encode(mi * minv, qmax)
         vq[i] = c_log8_encode(f32_bits(vi * vinv))
 
 
@@ -316,10 +341,10 @@ def adam_int8(p, g, mq, ms, vq, vs, gscale, clip, qmax, s0, s1, s2, s3, s4, s5, 
         # a zero or NaN scale gives factor 0 and codes 0, as on the CPU
         minv = qmax / mabs if mabs > zero else zero
         vinv = one / vmax if vmax > zero else zero
-        _i8_store(mq, vq, i0, n, m0, v0, minv, vinv)
-        _i8_store(mq, vq, i1, n, m1, v1, minv, vinv)
-        _i8_store(mq, vq, i2, n, m2, v2, minv, vinv)
-        _i8_store(mq, vq, i3, n, m3, v3, minv, vinv)
+        _i8_store(mq, vq, i0, n, m0, v0, minv, vinv, qmax)
+        _i8_store(mq, vq, i1, n, m1, v1, minv, vinv, qmax)
+        _i8_store(mq, vq, i2, n, m2, v2, minv, vinv, qmax)
+        _i8_store(mq, vq, i3, n, m3, v3, minv, vinv, qmax)
         if t == 0:
             ms[b] = mabs
             vs[b] = vmax
@@ -369,8 +394,8 @@ def _sumsq_loop(dec):
         y64 = zero + y                      # square in float64: no overflow
         return s + y64 * y64, bad
 
-    def sumsq(g, zero, big, gscale, clip, write, out):
-        # launched with RED_THREADS threads per block
+    def sumsq(g, zero, big, gscale, clip, write, part, base):
+        # launched with RED_THREADS threads per block; block b's sums go to slot base + b
         acc = cuda.shared.array(RED_THREADS, np.float64)
         cnt = cuda.shared.array(RED_THREADS, np.int32)
         t = cuda.threadIdx.x
@@ -401,15 +426,43 @@ def _sumsq_loop(dec):
             cuda.syncthreads()
             k //= 2
         if t == 0:
-            cuda.atomic.add(out, 0, acc[0])
-            cuda.atomic.add(out, 1, zero + cnt[0])
+            part[0, base + cuda.blockIdx.x] = acc[0]
+            part[1, base + cuda.blockIdx.x] = zero + cnt[0]
     return sumsq
+
+
+def sumsq_total(part, m, zero, out):
+    # one block of RED_THREADS threads: the sums of slots 0..m-1 of part, in a fixed
+    # order (each thread its slots t, t + RED_THREADS, ... in turn, then a fixed tree),
+    # so the total does not depend on the order in which the blocks finished
+    acc = cuda.shared.array(RED_THREADS, np.float64)
+    cnt = cuda.shared.array(RED_THREADS, np.float64)
+    t = cuda.threadIdx.x
+    s = zero
+    c = zero
+    for j in range(t, m, RED_THREADS):
+        s += part[0, j]
+        c += part[1, j]
+    acc[t] = s
+    cnt[t] = c
+    cuda.syncthreads()
+    k = RED_THREADS // 2
+    while k > 0:
+        if t < k:
+            acc[t] += acc[t + k]
+            cnt[t] += cnt[t + k]
+        cuda.syncthreads()
+        k //= 2
+    if t == 0:
+        out[0] = acc[0]
+        out[1] = cnt[0]
 
 
 _LOOPS = {
     "adam_t": lambda: adam_t,
     "adam_bf16": lambda: adam_bf16,
     "adam_int8": lambda: adam_int8,
+    "sumsq_total": lambda: sumsq_total,
 }
 _PARAM_ENC = {"float16": enc_p_f16, "bfloat16": enc_p_bf16}
 _DEC = {None: dec_f32, "float16": dec_f16, "bfloat16": dec_bf16}

@@ -32,27 +32,12 @@ _TORCH_FMT = {"float16": "float16", "bfloat16": "bfloat16"}
 
 def _info(name, a):
     """``(info, fmt)`` of a device array (None if ``a`` is not one); ``fmt`` is
-    ``"float16"`` / ``"bfloat16"`` for 2-byte float formats (viewed as uint16 bits)."""
+    ``"float16"`` / ``"bfloat16"`` for 2-byte float formats.  Every 2-byte array is
+    seen as uint16 bits (a torch ``bfloat16``, ``float16``, ``int16`` or ``uint16``
+    tensor: the bits of its elements; ``fmt`` None for the integer types)."""
     t = K._torch_tensor(a)
-    if t is not None and t.is_cuda:  # pragma: no cover - real GPU with torch
-        torch = sys.modules["torch"]
-        if t.dtype in (torch.float32, torch.float64):
-            return K._info(name, a), None
-        fmt = _TORCH_FMT.get(str(t.dtype).replace("torch.", ""))
-        d = t.detach()
-        if d.element_size() == 2:
-            d = d.view(torch.int16)
-        try:
-            cai = d.__cuda_array_interface__
-        except (TypeError, RuntimeError):
-            raise TypeError(f"{name} has torch dtype {t.dtype}, which the cuda backend "
-                            "cannot read") from None
-        info = K._Info(a, tuple(cai["shape"]), np.dtype(cai["typestr"]), cai.get("strides"),
-                       cai["data"][0], bool(cai["data"][1]), ("torch", t.device.index),
-                       t.device.index)
-        if fmt is not None:
-            info.dtype = np.dtype(np.uint16)
-        return info, fmt
+    if t is not None and t.is_cuda:
+        return _torch_info(name, t)
     info = K._info(name, a)
     if info is None:
         return None, None
@@ -63,6 +48,29 @@ def _info(name, a):
                                        info.dtype.kind == "V"):
         # typestr "<V2": bfloat16 (torch's and ml_dtypes' array-interface spelling)
         fmt = "bfloat16"
+    return info, fmt
+
+
+def _torch_info(name, t):
+    """:func:`_info` of a torch CUDA tensor."""
+    torch = sys.modules["torch"]
+    if t.dtype in (torch.float32, torch.float64):
+        return K._info(name, t), None
+    fmt = _TORCH_FMT.get(str(t.dtype).replace("torch.", ""))
+    d = t.detach()
+    two = d.element_size() == 2
+    if two and d.dtype != torch.int16:
+        d = d.view(torch.int16)   # the interface knows no bfloat16; the same bits
+    try:
+        cai = d.__cuda_array_interface__
+    except (TypeError, RuntimeError):
+        raise TypeError(f"{name} has torch dtype {t.dtype}, which the cuda backend "
+                        "cannot read") from None
+    strides = cai.get("strides")
+    info = K._Info(t, tuple(cai["shape"]), np.dtype(np.uint16) if two else
+                   np.dtype(cai["typestr"]), None if strides is None else tuple(strides),
+                   cai["data"][0], bool(cai["data"][1]), ("torch", t.device.index),
+                   t.device.index)
     return info, fmt
 
 
@@ -87,10 +95,12 @@ def _view(info, n, dtype):
 
 
 class Checked:
-    """Validated flat views by name, the parameter's info (stream, device) and formats."""
+    """Validated flat views by name, the parameter's info (device), the formats, and
+    the streams ``(launch stream, other streams)`` of all the arrays."""
 
-    def __init__(self, views, info, fmts, n):
+    def __init__(self, views, info, fmts, n, streams=(0, ())):
         self.views, self.info, self.fmts, self.n = views, info, fmts, n
+        self.streams = streams
 
 
 def check(named, want, outputs, first_fmt=None):
@@ -126,11 +136,16 @@ def check(named, want, outputs, first_fmt=None):
         for d in dts:
             if isinstance(d, str):
                 ok = ok or fmts[name] == d or (i.dtype == np.uint16 and fmts[name] is None)
+            elif np.dtype(d) == np.uint16:
+                # bf16 moments: uint16 bits, or a bfloat16 array (a torch bfloat16 tensor)
+                ok = ok or (i.dtype == np.uint16 and fmts[name] in (None, "bfloat16"))
             else:
                 ok = ok or (i.dtype == np.dtype(d) and fmts[name] is None)
         if not ok:
             what = fmts[name] or i.dtype
-            names = " or ".join(d if isinstance(d, str) else str(np.dtype(d)) for d in dts)
+            names = " or ".join(d if isinstance(d, str) else
+                                "uint16 (bfloat16 bits)" if np.dtype(d) == np.uint16 else
+                                str(np.dtype(d)) for d in dts)
             raise TypeError(f"{name} has dtype {what}; expected {names}")
         want_shape = f.shape if shape is None else shape
         if i.shape != want_shape and not (shape is not None and i.size == math.prod(shape)
@@ -158,21 +173,23 @@ def check(named, want, outputs, first_fmt=None):
         i = infos[name]
         dt = np.dtype(np.uint16) if fmts[name] is not None else i.dtype
         views[name] = _view(i, i.size, dt)
-    views[first_name] = K._with_stream(views[first_name], f)   # (cuda.py's AMSGrad kernel)
+    # the launch view carries the streams of every array (cuda.py's AMSGrad kernel)
+    views[first_name] = K._with_stream(views[first_name], [infos[n] for n, _ in items])
     if first_fmt is None:
         first_fmt = fmts[first_name]
-    return Checked(views, f, dict(fmts, **{first_name: first_fmt}), f.size)
+    return Checked(views, f, dict(fmts, **{first_name: first_fmt}), f.size,
+                   K._streams_of_view(views[first_name]) if f.size else (0, ()))
 
 
-def _launch(name, info, n, args, threads=None, blocks=None):
-    if n == 0:
+def _launch(name, c, args, threads=None, blocks=None):
+    if c.n == 0:
         return
     k = get(name)
-    stream = K._stream_of(info)
-    with K._on_device(None if SIMULATOR else info.device):
+    stream, joins = c.streams
+    with K._on_device(c.info.device):
         if threads is None:
-            blocks, threads = K.grid_size(n)
-        k[blocks, threads, stream](*args)
+            blocks, threads = K.grid_size(c.n)
+        K.launch(k, blocks, threads, stream, args, joins)
 
 
 def _blocks_for(n, threads):
@@ -204,16 +221,16 @@ def adam_step(c: Checked, hp, state_dtype, gscale, clip, index_base=0):
         sm, sv = sr_seeds(hp["step"], index_base)
         args = (p, v["grad"], v["exp_avg"], v["exp_avg_sq"], int(sm), int(sv),
                 f(gscale), f(clip)) + scal
-        _launch("adam_bf16", c.info, c.n, args)
+        _launch("adam_bf16", c, args)
     elif state_dtype == "int8":
         args = (p, v["grad"], v["exp_avg"], v["exp_avg_scale"], v["exp_avg_sq"],
                 v["exp_avg_sq_scale"], f(gscale), f(clip), f(I8_QMAX)) + scal
         nb = nblocks(c.n)
-        _launch("adam_int8", c.info, c.n, args, I8_THREADS,
+        _launch("adam_int8", c, args, I8_THREADS,
                 max(1, min(nb, K._max_blocks(I8_THREADS))))
     else:
         args = (p, v["grad"], v["exp_avg"], v["exp_avg_sq"], f(gscale), f(clip)) + scal
-        _launch("adam_t", c.info, c.n, args)
+        _launch("adam_t", c, args)
 
 
 def master_step(c: Checked, hp, fmt, rounding, state_dtype, gscale, clip, index_base=0):
@@ -232,7 +249,7 @@ def master_step(c: Checked, hp, fmt, rounding, state_dtype, gscale, clip, index_
             int(sm), int(sv), int(param_seed(hp["step"], index_base)),
             rounding == "stochastic",
             f(gscale), f(clip)) + scal
-    _launch(name, c.info, c.n, args)
+    _launch(name, c, args)
 
 
 # --- the entry points used by fastadam.lowp ---------------------------------------------------
@@ -338,55 +355,100 @@ def step_arrays(arrays, hp, *, state_dtype, gscale, clip, param_format=None,
 
 def grad_stats(grads, formats, gscale, clip, write):
     """``(sum of squares, all finite)`` of device gradient buffers (see
-    :func:`fastadam.lowp.grad_stats`): every buffer is checked first, then one
-    reduction kernel per buffer adds into one 2-element float64 device array, read
-    back with one copy."""
+    :func:`fastadam.lowp.grad_stats`).
+
+    Every buffer is checked first.  Then, per device (the gradients may be on
+    several), one reduction kernel per buffer writes its per-block partial sums
+    into slots of its own, one more adds them in a fixed order, and the host
+    reads 2 numbers per device, which it adds in the order the devices first
+    appear in ``grads``: the result is the same bits run after run.  The work of
+    a device goes on the stream of its first gradient, after the work pending on
+    its other gradients' streams.
+    """
     checked = []
     for k, g in enumerate(grads):
         fmt = formats[k]
-        c = check({"grads": g}, {"grads": (("float16", "bfloat16") + _FLOAT, None)},
-                  ("grads",) if write else (), first_fmt=fmt)
-        gf = c.fmts["grads"]
-        if c.views["grads"].dtype == np.uint16 and gf is None:
+        c = check({f"grads[{k}]": g}, {f"grads[{k}]": (("float16", "bfloat16") + _FLOAT, None)},
+                  (f"grads[{k}]",) if write else (), first_fmt=fmt)
+        gf = c.fmts[f"grads[{k}]"]
+        view = c.views[f"grads[{k}]"]
+        if view.dtype == np.uint16 and gf is None:
             raise TypeError(f"grads[{k}] holds uint16 bits: name their format in formats")
         if gf is not None and write:
             raise ValueError("write=True needs float32/float64 gradients")
-        checked.append((c, gf))
-    live = [(c, gf) for c, gf in checked if c.n]
-    if not live:
+        checked.append((c, view, gf))
+    by_device = {}
+    for item in checked:
+        if item[0].n:
+            by_device.setdefault(item[0].info.device, []).append(item)
+    if not by_device:
         return 0.0, True
-    info0 = live[0][0].info
-    with K._on_device(None if SIMULATOR else info0.device):
-        stream = K._stream_of(info0)
-        if SIMULATOR:
-            out = hout = cuda.to_device(np.zeros(2, np.float64))
-        else:  # pragma: no cover - real GPU: a device and a pinned host pair, made once
-            buf = _stats_buffers.get(info0.device)
-            if buf is None:
-                buf = _stats_buffers[info0.device] = (cuda.device_array(2, np.float64),
-                                                      cuda.pinned_array(2, np.float64))
-            out, hout = buf
-            hout[:] = 0
-            out.copy_to_device(hout, stream=stream)
-        for c, gf in live:
-            g = c.views["grads"]
+    pending = [_sumsq_on(dev, items, gscale, clip, write)
+               for dev, items in by_device.items()]
+    total, bad = 0.0, 0.0
+    for dev, fetch in pending:
+        with K._on_device(dev):
+            s, b = fetch()
+        total += s
+        bad += b
+    return total, bad == 0
+
+
+def _sumsq_on(dev, items, gscale, clip, write):
+    """Queue the reduction of the gradients ``items`` of device ``dev``; returns
+    ``(dev, fetch)``, ``fetch()`` waiting for and returning ``(sum, non-finite count)``."""
+    with K._on_device(dev):
+        stream, joins = K._streams([c.info.stream for c, _, _ in items])
+        slots = [_blocks_for(c.n, RED_THREADS) for c, _, _ in items]
+        m = sum(slots)
+        part, out, hout = _stats_arrays(dev, m)
+        for s in joins:
+            K._order(s, stream)
+        base = 0
+        for (c, g, gf), nb in zip(items, slots):
             dt = np.dtype(np.float32) if gf is not None else np.dtype(g.dtype)
             f = dt.type
             args = (g, np.float64(0), f(np.finfo(dt).max), f(gscale), f(clip), bool(write),
-                    out)
-            name = f"sumsq_{gf or 'float'}"
-            k = get(name)
-            k[_blocks_for(c.n, RED_THREADS), RED_THREADS, stream](*args)
+                    part, np.int64(base))
+            K.launch(get(f"sumsq_{gf or 'float'}"), nb, RED_THREADS, stream, args)
+            base += nb
+        K.launch(get("sumsq_total"), 1, RED_THREADS, stream,
+                 (part, np.int64(m), np.float64(0), out))
         if SIMULATOR:
             res = out.copy_to_host()
         else:  # pragma: no cover - real GPU
             out.copy_to_host(hout, stream=stream)
-            if stream:
+        for s in joins:
+            K._order(stream, s)
+
+    def fetch():
+        if SIMULATOR:
+            r = res
+        else:  # pragma: no cover - real GPU
+            if stream:          # (on the default stream the copy itself was synchronous)
                 stream.synchronize()
-            res = hout.copy()
-    return float(res[0]), bool(res[1] == 0)
+            r = hout.copy()
+        return float(r[0]), float(r[1])
+    return dev, fetch
 
 
-#: Per device: the 2-element float64 accumulator of grad_stats and its pinned host copy
-#: (reused by every call; calls from several host threads at once are not supported).
+def _stats_arrays(dev, m):
+    """The partials (2 x >= m float64), the 2-element total and its pinned host copy of
+    device ``dev``: made once and grown as needed (calls from several host threads at
+    once are not supported)."""
+    if SIMULATOR:
+        return (cuda.to_device(np.zeros((2, m), np.float64)),
+                cuda.to_device(np.zeros(2, np.float64)), None)
+    buf = _stats_buffers.get(dev)  # pragma: no cover - real GPU
+    if buf is None or buf[0].shape[1] < m:  # pragma: no cover - real GPU
+        cap = 1 << max(10, (m - 1).bit_length())
+        if buf is not None:
+            cuda.synchronize()      # the old arrays may still be read by queued work
+        buf = _stats_buffers[dev] = (cuda.device_array((2, cap), np.float64),
+                                     cuda.device_array(2, np.float64),
+                                     cuda.pinned_array(2, np.float64))
+    return buf  # pragma: no cover - real GPU
+
+
+#: Per device: the partials, the total and its pinned host copy of grad_stats.
 _stats_buffers: dict = {}

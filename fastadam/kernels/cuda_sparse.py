@@ -258,7 +258,7 @@ def check(tables: dict, indices, values, row_states=()):
                 raise ValueError(f"{n1} and {n2} overlap in memory; each buffer of a step "
                                  "must be distinct")
     views = {name: _view(infos[name]) for name, _ in items}
-    views[first_name] = _cu._with_stream(views[first_name], f)
+    views[first_name] = _cu._with_stream(views[first_name], list(infos.values()))
     return views, np.ascontiguousarray(host, dtype=np.int64), _view(infos["values"])
 
 
@@ -274,7 +274,8 @@ def run(name: str, tables, indices, values, scalars) -> None:
     """Launch row-sparse kernel ``name`` (asynchronous, on the parameter's stream).
 
     ``tables``, ``values``: device views from :func:`check` (the parameter's first),
-    ``indices``: host int64 lookups in range.
+    ``indices``: host int64 lookups in range.  The launch waits for the work pending on
+    the other arrays' streams (see :func:`fastadam.kernels.cuda.launch`).
     """
     n = indices.shape[0]
     p = tables[0]
@@ -282,13 +283,13 @@ def run(name: str, tables, indices, values, scalars) -> None:
         return
     order, starts, rows, _ = _cpu.coalesce(indices, p.shape[0], 1,
                                            _cpu.index_dtype(p.shape[0], n))
-    stream = 0 if _cu.SIMULATOR else (getattr(p, "stream", 0) or 0)
+    stream, joins, dev = _cu._launch_of_view(p)
     d_order = cuda.to_device(order, stream=stream)
     d_starts = cuda.to_device(starts, stream=stream)
     d_rows = cuda.to_device(rows, stream=stream)
     block = SPARSE_BLOCK
     blocks = max(1, min(rows.shape[0], _cu._max_blocks(block)))
     kernel = get(name, p.dtype, block)
-    dev = None if _cu.SIMULATOR else _cu._numba_array_device(p)
     with _cu._on_device(dev):
-        kernel[blocks, block, stream](*tables, d_order, d_starts, d_rows, values, *scalars)
+        _cu.launch(kernel, blocks, block, stream,
+                   (*tables, d_order, d_starts, d_rows, values, *scalars), joins)

@@ -107,7 +107,9 @@ def f16_encode_sr(bits, r):
     else:                                            # below the smallest subnormal 2**-24:
         # neighbours 0 and 2**-24, dropped fraction f = |x| * 2**24; as above, up iff
         # r + floor(f * 2**16) >= 2**16, with |x| = mant * 2**(ee - 150) exactly
+        # (mant < 2**24: a shift of 24 or more gives 0; clamped so that no shift amount
+        # reaches the width of the integer, undefined in LLVM, on the device too)
         ee = e if e else 1
         mant = (a & 0x7FFFFF) | (0x800000 if e else 0)
-        t = 0x33800000 if r + (mant >> (110 - ee)) >= 0x10000 else 0
+        t = 0x33800000 if r + (mant >> min(110 - ee, 24)) >= 0x10000 else 0
     return f16_encode(s | t)                         # exact: t is on the float16 grid

@@ -43,6 +43,9 @@ torch.optim's semantics are kept exactly:
 * Hyperparameters are read from ``param_groups`` at every step, so LR
   schedulers and manual changes take effect; validated values are cached
   while a group's values do not change.
+* Edits of ``optimizer.state`` (``state[p].clear()``, ``del state[p]``,
+  ``state[p]["exp_avg"] = t``, ``optimizer.state = defaultdict(dict)``) and of a
+  group's ``"params"`` list mean what they mean in torch (:mod:`.tracked`).
 * ``state_dict()`` is torch.optim's format (per-parameter ``step`` tensors,
   ``exp_avg``, ``exp_avg_sq``, NAdam's ``mu_product``, ...), so
   ``torch.optim.Adam`` loads a fastadam checkpoint and ``fastadam.torch.Adam``
@@ -54,7 +57,8 @@ fused Adam; ``step()`` unscales inside the kernel and skips the step on inf/nan
 (parameters, state and step counts exactly unchanged).  ``max_grad_norm`` /
 ``clip_value`` (attributes; constructor options of Adam/AdamW) clip in the step, and
 ``Adam(..., state_dtype="bfloat16"|"int8")`` stores the moments in 2 or about 1 byte
-(:mod:`fastadam.lowp`).  CPU tensors only for these.
+(:mod:`fastadam.lowp`).  CPU tensors only for these, except ``state_dtype``, which
+CUDA tensors take too (the cuda backend's reduced-precision kernels).
 
 Parameters that an engine moves after construction (``p.data`` replaced by a view
 of its own storage: ZeroRedundancyOptimizer's parameter buckets, FSDP1) are updated
@@ -73,8 +77,8 @@ Layout
 ------
 =====================  ===============================================================
 :mod:`.base`           :class:`FlatOptimizer`: construction, ``add_param_group`` and its
-                       checks, the ``step`` hook/profiler patch, pickling; composed of
-                       the mixins below
+                       checks, the ``step`` hook/profiler patch, ``state_dict``, pickle
+                       and deepcopy; composed of the mixins below
 :mod:`.step`           ``step()``, ``zero_grad()``: planning the runs of a bucket,
                        gradient copies, kernel calls
 :mod:`.transformed`    the transformed step: unscaling, inf/nan skipping, clipping (AMP)
@@ -82,6 +86,8 @@ Layout
 :mod:`.buffers`        ``_Bucket`` (the flat buffers of a group), flat tensors, state
                        views, adoption of engine-owned storage (ZeRO, FSDP1)
 :mod:`.hparams`        hyperparameters of the groups: validation cache, kernel scalars
+:mod:`.tracked`        edits of ``optimizer.state`` and of a group's ``"params"``: change
+                       flag, applying them to the flat buffers
 :mod:`.adam`           :class:`Adam`, :class:`AdamW`
 :mod:`.nadam`          :class:`NAdam`
 :mod:`.adamax`         :class:`Adamax`

@@ -52,6 +52,7 @@ class _CheckpointMixin:
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         sd = state_dict.copy()
+        self._sync_groups()         # a pending edit of a group's "params" list (.tracked)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             r = hook(self, sd)
             if r is not None:
@@ -82,66 +83,17 @@ class _CheckpointMixin:
             self._fix_loaded_group(new)
             self._group_hparams(new)
             new_groups.append(new)
-        known = self._state_names()
         entries = []
         for k, v in sd["state"].items():
             p = id_map.get(k)
             if p is None:
                 continue
-            if not isinstance(v, dict):
-                raise TypeError(f"state of parameter {k!r} must be a dict, got "
-                                f"{type(v).__name__}")
-            b, i = self._where[p]
-            step, mu, tensors = None, None, {}
-            for key, val in v.items():
-                if val is None:         # e.g. SGD's momentum_buffer=None (momentum 0)
-                    continue
-                if key == "step" and self._has_step:
-                    step = _v.real(f"step of parameter {k!r}", _num("step", val))
-                    if step < 0 or not step.is_integer():
-                        raise ValueError(f"Invalid step of parameter {k!r}: {val} (must be "
-                                         "a count >= 0)")
-                elif key == "mu_product" and self._needs_mu:
-                    mu = _v.real("mu_product", _num("mu_product", val))
-                elif key in known or (key == "master_param" and b.fmt):
-                    if not isinstance(val, torch.Tensor):
-                        raise TypeError(f"state {key!r} of parameter {k!r} must be a Tensor, "
-                                        f"got {type(val).__name__}")
-                    if val.layout != torch.strided:   # torch SGD's sparse momentum buffer
-                        val = val.to_dense()
-                    self._check_state_dtype(k, key, val, b.fmt)
-                    want = _lowp.nblocks(p.numel()) if key in _SCALES else p.numel()
-                    if key in self._row_states:
-                        want = p.shape[0] if p.dim() else 1
-                    if val.numel() != want or val.is_complex():
-                        raise ValueError(f"state {key!r} of parameter {k!r} has {val.numel()} "
-                                         f"elements of {val.dtype}; the parameter has "
-                                         f"{p.numel()} of {p.dtype}"
-                                         + (" (one scale per 256-element block)"
-                                            if key in _SCALES else ""))
-                    # a private copy: the checkpoint may hold views of this optimizer's
-                    # own flat buffers (opt.load_state_dict(opt.state_dict())), which the
-                    # commit below refills before copying in
-                    tensors[key] = val.detach().clone()
-                else:
-                    raise ValueError(f"unexpected state {key!r} of parameter {k!r} for "
-                                     f"{type(self).__name__}")
-            if v and self._has_step and step is None:
-                raise ValueError(f"state of parameter {k!r} has no 'step'")
-            if self._state_dtype == "int8" and "exp_avg" in tensors:
-                for key in _SCALES:
-                    if key not in tensors:
-                        raise ValueError(f"state of parameter {k!r} has no {key!r} (needed "
-                                         "with state_dtype='int8')")
-            if self._needs_first:
-                step = 1 if "momentum_buffer" in tensors else 0
-            if v and self._needs_mu and mu is None:
-                raise ValueError(f"state of parameter {k!r} has no 'mu_product'")
-            entries.append((b, i, v, step, mu, tensors))
+            entries.append(self._parse_state(k, p, v))
         # -- commit
+        state = self.state
         for b in self._buckets:
             for p in b.params:
-                self.state.pop(p, None)
+                dict.pop(state, p, None)
             b.steps[:] = 0
             if b.mu is not None:
                 b.mu[:] = 1.0
@@ -155,6 +107,76 @@ class _CheckpointMixin:
         for gi, new in enumerate(new_groups):
             groups[gi] = new
         self._hp_cache.clear()
+        self._commit_states(entries)
+        for b in self._buckets:
+            self._refresh_uniform(b)
+            b.all_started = all(b.started)
+        self._flag.dirty = False
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _parse_state(self, k, p, v, strict=True):
+        """Check the saved state ``v`` of parameter ``p`` (``k``: its name in messages).
+
+        Returns ``(bucket, index, v, step, mu_product, tensors)`` for
+        :meth:`_commit_states`; changes nothing.  ``strict``: an unknown key raises
+        (``load_state_dict``), else it is left alone (an edit of ``optimizer.state``).
+        """
+        known = self._state_names()
+        if not isinstance(v, dict):
+            raise TypeError(f"state of parameter {k!r} must be a dict, got "
+                            f"{type(v).__name__}")
+        b, i = self._where[p]
+        step, mu, tensors = None, None, {}
+        for key, val in v.items():
+            if val is None:         # e.g. SGD's momentum_buffer=None (momentum 0)
+                continue
+            if key == "step" and self._has_step:
+                step = _v.real(f"step of parameter {k!r}", _num("step", val))
+                if step < 0 or not step.is_integer():
+                    raise ValueError(f"Invalid step of parameter {k!r}: {val} (must be "
+                                     "a count >= 0)")
+            elif key == "mu_product" and self._needs_mu:
+                mu = _v.real("mu_product", _num("mu_product", val))
+            elif key in known or (key == "master_param" and b.fmt):
+                if not isinstance(val, torch.Tensor):
+                    raise TypeError(f"state {key!r} of parameter {k!r} must be a Tensor, "
+                                    f"got {type(val).__name__}")
+                if val.layout != torch.strided:   # torch SGD's sparse momentum buffer
+                    val = val.to_dense()
+                self._check_state_dtype(k, key, val, b.fmt)
+                want = _lowp.nblocks(p.numel()) if key in _SCALES else p.numel()
+                if key in self._row_states:
+                    want = p.shape[0] if p.dim() else 1
+                if val.numel() != want or val.is_complex():
+                    raise ValueError(f"state {key!r} of parameter {k!r} has {val.numel()} "
+                                     f"elements of {val.dtype}; the parameter has "
+                                     f"{p.numel()} of {p.dtype}"
+                                     + (" (one scale per 256-element block)"
+                                        if key in _SCALES else ""))
+                # a private copy: the checkpoint may hold views of this optimizer's
+                # own flat buffers (opt.load_state_dict(opt.state_dict())), which the
+                # commit below refills before copying in
+                tensors[key] = val.detach().clone()
+            elif strict:
+                raise ValueError(f"unexpected state {key!r} of parameter {k!r} for "
+                                 f"{type(self).__name__}")
+        if v and self._has_step and step is None:
+            raise ValueError(f"state of parameter {k!r} has no 'step'")
+        if self._state_dtype == "int8" and "exp_avg" in tensors:
+            for key in _SCALES:
+                if key not in tensors:
+                    raise ValueError(f"state of parameter {k!r} has no {key!r} (needed "
+                                     "with state_dtype='int8')")
+        if self._needs_first:
+            step = 1 if "momentum_buffer" in tensors else 0
+        if v and self._needs_mu and mu is None:
+            raise ValueError(f"state of parameter {k!r} has no 'mu_product'")
+        return b, i, v, step, mu, tensors
+
+    def _commit_states(self, entries):
+        """Copy parsed states (:meth:`_parse_state`) into the flat buffers; point
+        ``optimizer.state`` at their views."""
         with torch.no_grad():
             for b, i, v, step, mu, tensors in entries:
                 for name, val in tensors.items():
@@ -168,11 +190,6 @@ class _CheckpointMixin:
         for b, i, v, step, mu, tensors in entries:
             if v:
                 self._populate(b, i)
-        for b in self._buckets:
-            self._refresh_uniform(b)
-            b.all_started = all(b.started)
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)
 
     def _fix_loaded_group(self, group):
         pass

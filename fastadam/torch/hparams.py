@@ -17,6 +17,10 @@ import torch
 from .. import _scalars
 
 
+class _Stale(Exception):
+    """Raised while planning a step whose group's ``"params"`` list was replaced."""
+
+
 def _frozen(v):
     """A hashable, comparable snapshot of a hyperparameter value and its type."""
     if type(v) is list or type(v) is tuple:
@@ -66,8 +70,10 @@ class _HparamsMixin:
         vals = self._group_key(group)
         key = tuple(map(_frozen, vals))
         rec = self._hp_cache.get(gi)
-        if rec is not None and rec[0] == key:
+        if rec is not None and rec[0] == key and rec[2] is group["params"]:
             return rec[1]
+        if group["params"] is not self._plists[gi]:
+            raise _Stale            # the list was replaced: flatten the group again first
         self._check_flags(group)
         hp = self._group_hparams(group)
         if self._sparse == "require":            # row-sparse steps only: SparseAdam, ...
@@ -76,7 +82,7 @@ class _HparamsMixin:
             kname = self._scalar(np.dtype(np.float64), **self._full(hp, 1, 0.5))[0]
         out = (hp, kname, _scalars.kernel_states(kname), self._advances(hp))
         if not any(isinstance(x, torch.Tensor) for x in vals):
-            self._hp_cache[gi] = (key, out)
+            self._hp_cache[gi] = (key, out, group["params"])
         return out
 
     def _full(self, hp, step, mu):

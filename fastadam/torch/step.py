@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .. import _scalars, _threads
-from .buffers import _SCALES, _data_ptr
+from .buffers import _SCALES, _data_ptr, _view
+from .hparams import _Stale
 from .sparse import _densify, _SparseGrad
 
 #: A gradient tensor that is not a view of the flat buffer (a fresh one from
@@ -66,13 +67,18 @@ class _StepMixin:
             buffer.  A ``.grad`` that is None stays None; a sparse one stays sparse
             and is zeroed, as in torch.
         """
+        if self._flag.dirty:
+            self._sync()
         for b in self._buckets:
             if set_to_none:
                 for p in b.params:
                     p.grad = None
                 continue
             grads = list(map(_grad_of, b.params))
-            if all(map(_is, grads, b.gviews)):
+            probe = b.probe
+            if probe is not None and b.gviews[probe[0]].data_ptr() != probe[1]:
+                self._regrid(b)             # moved into shared memory: re-bound below
+            elif all(map(_is, grads, b.gviews)):
                 b.grad.zero_()
                 continue
             dense = []
@@ -116,8 +122,14 @@ class _StepMixin:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._flag.dirty:              # optimizer.state or a "params" list edited
+            self._sync()
         groups = self.param_groups
-        plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
+        try:
+            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
+        except _Stale:                    # a group's "params" list was replaced
+            self._sync()
+            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
         _threads.follow(torch.get_num_threads())     # as torch's own ops (fastadam._threads)
         grad_scale = getattr(self, "grad_scale", None)      # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
@@ -137,6 +149,9 @@ class _StepMixin:
             self._check_dense_grads(grads)
         bound = all(map(_is, grads, b.gviews))
         moved = list(map(_data_ptr, params)) != b.ptrs
+        if moved and not b.cuda and self._regrid(b):
+            grads = list(map(_grad_of, params))
+            bound = False
         if bound and not moved and b.uniform:
             if self._needs_mu:
                 self._check_mu(rec[0], int(b.steps[0]) + 1, float(b.mu[0]))
@@ -215,6 +230,26 @@ class _StepMixin:
             for a, _, _ in runs:
                 self._check_mu(hp, int(b.steps[a]) + 1, float(b.mu[a]))
         return b, rec, readopt, copies, runs
+
+    @staticmethod
+    def _regrid(b):
+        """New views of the flat buffers for those whose storage was moved under them.
+
+        ``model.share_memory()`` moves each parameter's storage -- which its view in
+        ``b.views`` shares -- and each ``.grad``'s, bound ones included, into shared
+        memory.  The moved parameters are then stepped by copy (``_prepare``), the
+        moved gradients copied in.  Returns whether a gradient view was replaced.
+        """
+        o = b.offsets
+        for views, flat in ((b.views, b.data), (b.gviews, b.grad)):
+            base, size = flat.data_ptr(), flat.element_size()
+            stale = [i for i, v in enumerate(views)
+                     if v.numel() and v.data_ptr() != base + o[i] * size]
+            for i in stale:
+                views[i] = _view(flat, o[i], o[i] + views[i].numel(), views[i].shape)
+                if views is b.gviews and b.gnp is not None:
+                    b.gnp[i] = views[i].numpy()
+        return bool(stale)
 
     def _execute(self, b, rec, readopt, copies, runs):
         back = self._prepare(b, rec, readopt, copies, runs)

@@ -1,51 +1,40 @@
-r"""Functional, in-place optimizer steps on arrays.
-
-Each function applies **one** fused step of an optimizer to one parameter array
-and its state arrays, in place: one pass that reads the parameter, the gradient
-and each state array once and writes each updated array once.  The math is
-torch.optim's single-tensor ("for-loop") implementation.
-
-Arrays: NumPy arrays of one dtype (float32 or float64) and one shape,
-C-contiguous; the parameter and state arrays writeable and not overlapping
-anything else.  :func:`adam_` also takes float16 (or ``ml_dtypes.bfloat16``)
-parameters with float32 master weights (``master_param=``, see
-:mod:`fastadam.lowp.master`).  On the ``cuda`` backend, device arrays exposing
-``__cuda_array_interface__`` instead.  Every check (arrays and
-hyperparameters) runs before anything is written, so a call that raises
-changes nothing.
-
-Step counts ``step`` are the count *including* this step (1 on the first
-call), as torch.optim's ``state["step"]`` after its increment.
-
-``backend`` is ``"auto"`` (numba for host arrays, cuda for device arrays), or
-one of :func:`fastadam.available_backends`.
-
-Row-sparse steps (embedding tables: :func:`sparse_adam_`, :func:`sparse_adagrad_`,
-:func:`sparse_sgd_`, :func:`rowwise_adagrad_`, :func:`lazy_adam_`) take the table
-``param`` and its state as 2-D C-contiguous ``(rows, dim)`` arrays, the looked-up
-rows ``indices`` (1-D integers, duplicates allowed, any order) and one gradient
-row per lookup ``values`` ``(len(indices), dim)``.  The gradient rows of a
-repeated row are summed (in lookup order: the result does not depend on the
-thread count), and only the distinct rows looked up, and their state, are read
-and written.  Out-of-range or negative rows raise IndexError, float indices
-TypeError, a shape or dtype mismatch ValueError / TypeError, all before anything
-is written.  Implemented on the numba, cuda (device tables and values; the
-lookups are coalesced on the host) and numpy backends (see docs/embeddings.md).
-"""
+"""The dense steps of :mod:`fastadam.functional`: validate, compute the scalars, one kernel call."""
 
 from __future__ import annotations
 
-from . import _backends, _hparams, _scalars
-from . import _validate as _v
+import math
 
-__all__ = ["adam_", "rmsprop_", "adagrad_", "sgd_", "adadelta_", "nadam_", "adamax_",
-           "sparse_adam_", "sparse_adagrad_", "sparse_sgd_", "rowwise_adagrad_", "lazy_adam_"]
+from .. import _hparams, _scalars
+from .. import _validate as _v
+from . import _plans
+
+__all__ = ["adam_", "rmsprop_", "adagrad_", "sgd_", "adadelta_", "nadam_", "adamax_"]
+
+
+_INF = math.inf
+_ADAM = (("param", "grad", "exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"))
 
 
 def _run(opt, backend, named, outputs, hp):
-    be = _backends.resolve(backend, named["param"])
-    arrays = be.check(named, outputs)
-    be.step(opt, arrays, hp)
+    _plans.step(opt, backend, tuple(named), tuple(named.values()), outputs, hp)
+
+
+def _adam_hp(step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize):
+    """Adam's hyperparameters without ``amsgrad`` as :func:`fastadam._hparams.adam`
+    returns them, when they are Python floats, bools and an int step that it accepts;
+    else None (then :func:`fastadam._hparams.adam` checks them, and raises where it
+    must).  A quick subset of its checks: ``tests/test_functional_fast.py`` holds
+    them equal."""
+    if type(lr) is float and type(beta1) is float and type(beta2) is float and \
+            type(eps) is float and type(weight_decay) is float and type(step) is int and \
+            step >= 1 and 0.0 <= lr < _INF and 0.0 <= beta1 < 1.0 and \
+            0.0 <= beta2 < 1.0 and 0.0 <= eps < _INF and 0.0 <= weight_decay < _INF and \
+            (decoupled_weight_decay is False or decoupled_weight_decay is True) and \
+            (maximize is False or maximize is True):
+        return dict(step=step, lr=lr, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                    beta1=beta1, beta2=beta2, decoupled_weight_decay=decoupled_weight_decay,
+                    amsgrad=False)
+    return None
 
 
 def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
@@ -116,7 +105,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
     if state_dtype != "float32" or grad_scale is not None or clip_coef is not None or \
             clip_value is not None or master_param is not None or param_rounding != "nearest" \
             or getattr(param, "itemsize", 0) == 2:
-        from . import lowp
+        from .. import lowp
         return lowp.adam_(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
                           beta2=beta2, eps=eps, weight_decay=weight_decay,
                           decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad,
@@ -125,6 +114,13 @@ def adam_(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
                           exp_avg_sq_scale=exp_avg_sq_scale, grad_scale=grad_scale,
                           clip_coef=clip_coef, clip_value=clip_value, backend=backend,
                           master_param=master_param, param_rounding=param_rounding)
+    if amsgrad is False:       # the common case, quickly (the same checks, the same call)
+        hp = _adam_hp(step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
+                      maximize)
+        if hp is not None:
+            _plans.step("adam", backend, _ADAM[0], (param, grad, exp_avg, exp_avg_sq),
+                        _ADAM[1], hp)
+            return
     hp = _hparams.adam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                        amsgrad=amsgrad, maximize=maximize)
@@ -369,184 +365,3 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr, beta1, beta2, eps, weigh
     _run("adamax", backend,
          {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_inf": exp_inf},
          ("param", "exp_avg", "exp_inf"), hp)
-
-
-
-# -- row-sparse steps (embedding tables) ---------------------------------------------
-
-def _run_sparse(opt, backend, tables, indices, values, hp, row_states=()):
-    be = _backends.resolve(backend, tables["param"])
-    if not be.sparse:
-        be.sparse_step(opt, {}, None, None, hp)       # raises BackendUnavailableError
-    tables, indices, values = be.sparse_check(tables, indices, values, row_states)
-    be.sparse_step(opt, tables, indices, values, hp)
-
-
-def sparse_adam_(param, indices, values, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
-                 maximize=False, backend="auto"):
-    r"""One torch.optim.SparseAdam step on the looked-up rows of a table, in place.
-
-    For each distinct row :math:`r` of ``indices``, with :math:`g` the sum of its
-    gradient rows (negated when ``maximize``):
-
-    .. math::
-
-        m_r &\leftarrow m_r + (1-\beta_1)(g - m_r) \\
-        v_r &\leftarrow v_r + (1-\beta_2)(g^2 - v_r) \\
-        \theta_r &\leftarrow \theta_r - \gamma\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\,
-                   \frac{m_r}{\sqrt{v_r} + \epsilon}
-
-    Other rows (parameters and moments) are not touched.  Note where SparseAdam puts
-    :math:`\epsilon`: added to :math:`\sqrt{v}` before the bias correction, which is
-    folded into the step size (Adam adds it after: :func:`adam_`, :func:`lazy_adam_`).
-
-    Parameters
-    ----------
-    param, exp_avg, exp_avg_sq : ndarray
-        The table and its moments, ``(rows, dim)``, float32 or float64.
-    indices : ndarray
-        1-D integer array of rows.
-    values : ndarray
-        ``(len(indices), dim)``, the gradient row of each lookup.
-    step : int
-        :math:`t`, the step count including this step (>= 1).
-    lr, beta1, beta2, eps : float
-        :math:`\gamma > 0`, :math:`\beta_1, \beta_2 \in [0, 1)`, :math:`\epsilon > 0`
-        (torch.optim.SparseAdam's checks).
-    maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
-
-    Raises
-    ------
-    TypeError, ValueError, IndexError
-        On a bad argument, before anything is written.
-    """
-    hp = _hparams.sparse_adam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                              maximize=maximize)
-    _run_sparse("sparse_adam", backend,
-                {"param": param, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
-                indices, values, hp)
-
-
-def sparse_adagrad_(param, indices, values, sum, *, step, lr, lr_decay=0.0, eps=1e-10,
-                    maximize=False, backend="auto"):
-    r"""One step of torch.optim.Adagrad's sparse path on the looked-up rows, in place.
-
-    For each distinct row :math:`r`, :math:`g` its summed (sign-flipped when
-    ``maximize``) gradient:
-
-    .. math::
-
-        \tilde\gamma &= \gamma / (1 + (t-1)\,\eta) \\
-        s_r &\leftarrow s_r + g^2 \\
-        \theta_r &\leftarrow \theta_r - \tilde\gamma\, g / (\sqrt{s_r} + \epsilon)
-
-    Parameters
-    ----------
-    param, sum : ndarray
-        The table and its accumulator ``(rows, dim)``; fill ``sum`` with torch's
-        ``initial_accumulator_value`` before the first step.
-    indices, values : ndarray
-        As :func:`sparse_adam_`.
-    step : int
-        :math:`t`, including this step.
-    lr : float
-    lr_decay : float, default 0
-        :math:`\eta`.
-    eps : float, default 1e-10
-    maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
-
-    Notes
-    -----
-    No ``weight_decay``: torch refuses it with sparse gradients.
-    """
-    hp = _hparams.sparse_adagrad(step=step, lr=lr, lr_decay=lr_decay, eps=eps,
-                                 maximize=maximize)
-    _run_sparse("sparse_adagrad", backend, {"param": param, "sum": sum}, indices, values, hp)
-
-
-def sparse_sgd_(param, indices, values, *, lr, maximize=False, backend="auto"):
-    r"""One SGD step on the looked-up rows, in place:
-    :math:`\theta_r \leftarrow \theta_r - \gamma\, g` (:math:`g` the row's summed,
-    sign-flipped when ``maximize``, gradient).
-
-    Parameters
-    ----------
-    param : ndarray
-        The table ``(rows, dim)``.
-    indices, values : ndarray
-        As :func:`sparse_adam_`.
-    lr : float
-    maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
-
-    Notes
-    -----
-    No momentum or weight decay: torch refuses weight decay with sparse gradients,
-    and its momentum buffer for them spans every row ever touched (fastadam.torch.SGD
-    runs that case as a dense step).
-    """
-    hp = _hparams.sparse_sgd(lr=lr, maximize=maximize)
-    _run_sparse("sparse_sgd", backend, {"param": param}, indices, values, hp)
-
-
-def rowwise_adagrad_(param, indices, values, state, *, lr, eps=1e-10, weight_decay=0.0,
-                     maximize=False, backend="auto"):
-    r"""One row-wise Adagrad step (FBGEMM's EXACT_ROWWISE_ADAGRAD), in place.
-
-    One state value per row: the running sum of the row's *mean* squared gradient.
-    For each distinct row :math:`r` of length :math:`D`, :math:`g` its summed
-    gradient:
-
-    .. math::
-
-        g &\leftarrow \pm g + \lambda\theta_r \\
-        s_r &\leftarrow s_r + \frac{1}{D}\sum_{j} g_j^2 \\
-        \theta_r &\leftarrow \theta_r - \frac{\gamma}{\sqrt{s_r} + \epsilon}\, g
-
-    Parameters
-    ----------
-    param : ndarray
-        The table ``(rows, dim)``.
-    indices, values : ndarray
-        As :func:`sparse_adam_`.
-    state : ndarray
-        ``(rows,)``, the table's dtype (4 bytes per row for a float32 table, where
-        Adagrad keeps 4 per element).
-    lr : float
-    eps : float, default 1e-10
-    weight_decay : float, default 0
-        :math:`\lambda`, L2 added to the gradient of the looked-up rows only.
-    maximize : bool, default False
-    backend : {"auto", "numba", "cuda", "numpy"}, default "auto"
-    """
-    hp = _hparams.rowwise_adagrad(lr=lr, eps=eps, weight_decay=weight_decay,
-                                  maximize=maximize)
-    shape = getattr(param, "shape", None)          # NumPy or device arrays
-    if shape is not None and len(shape) == 2:
-        hp["dim"] = int(shape[1])
-    _run_sparse("rowwise_adagrad", backend, {"param": param, "sum": state}, indices, values,
-                hp, row_states=("sum",))
-
-
-def lazy_adam_(param, indices, values, exp_avg, exp_avg_sq, *, step, lr, beta1, beta2, eps,
-               weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-               max_exp_avg_sq=None, maximize=False, backend="auto"):
-    r"""One "lazy" Adam step: :func:`adam_`'s update on the looked-up rows only.
-
-    For each distinct row, :math:`g` its summed gradient, exactly :func:`adam_`'s
-    rule (its :math:`\epsilon` placement, weight decay, AMSGrad); the moments of
-    rows not looked up do not decay and their parameters do not move (TensorFlow's
-    LazyAdam; SparseAdam's lazy semantics with Adam's formula).  ``step`` is the
-    table's step count.  Arguments as :func:`adam_` and :func:`sparse_adam_`.
-    """
-    hp = _hparams.adam(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                       weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-                       amsgrad=amsgrad, maximize=maximize)
-    tables = {"param": param, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-    if hp["amsgrad"]:
-        if max_exp_avg_sq is None:
-            raise ValueError("amsgrad=True needs the max_exp_avg_sq array")
-        tables["max_exp_avg_sq"] = max_exp_avg_sq
-    _run_sparse("lazy_adam", backend, tables, indices, values, hp)

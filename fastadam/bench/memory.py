@@ -1,0 +1,112 @@
+r"""Peak memory of the NumPy façade: construction and the first steps, in a new process.
+
+:func:`facade_memory` starts a fresh Python process (so that nothing else this process
+allocated counts), which makes float32 parameters of the given sizes (every page
+written, as a model's initialized weights are), loads the kernel with a small
+warm-up step, then measures its resident set (Linux ``/proc/self/status``:
+``VmRSS``, and the peak ``VmHWM``, reset before each phase by writing ``5`` to
+``/proc/self/clear_refs``; elsewhere ``resource.getrusage``'s ``ru_maxrss``, which
+cannot be reset) around
+
+* construction: ``fastadam.<optimizer>(params)``, with the caller's dict the only
+  holder of the arrays (so each one can be released once copied into the flat
+  buffer);
+* ``steps`` steps, after writing every gradient (the optimizer's state made at the
+  first).
+
+Figures are bytes.  ``construct_added``: the peak during construction above the
+resident set just before it (the parameters already counted there);
+``steps_added``: the peak during the steps above that same figure.
+
+See Also
+--------
+fastadam.flat.FlatParams : the flattening whose peak this measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+_SCRIPT = r"""
+import gc, json, os, sys
+import numpy as np
+import fastadam
+
+def status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+def peak():
+    hwm = status("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+cfg = json.loads(sys.argv[1])
+cls = getattr(fastadam, cfg["optimizer"])
+# load the kernels first (serial and parallel variants) and let their memory settle
+for n in (1024, 1 << 17):
+    w = cls({"w": np.full(n, 0.5, np.float32)})
+    w.grads["w"][...] = 0.01
+    w.step()
+del w
+params = {f"p{i}": np.full(n, 0.5, np.float32) for i, n in enumerate(cfg["sizes"])}
+gc.collect()
+out = {"resettable": reset_peak()}
+out["rss_before"] = status("VmRSS") or peak()
+out["peak_before"] = peak()
+opt = cls(params)
+out["peak_construct"] = peak()
+out["rss_after_construct"] = status("VmRSS")
+reset_peak()
+for k in opt.grads:
+    opt.grads[k][...] = 0.01
+for _ in range(cfg["steps"]):
+    opt.step()
+out["peak_steps"] = peak()
+print(json.dumps(out))
+"""
+
+
+def facade_memory(sizes, optimizer: str = "Adam", steps: int = 2, timeout: float = 300) -> dict:
+    """Resident-set figures (bytes) of constructing ``fastadam.<optimizer>`` over float32
+    parameters of ``sizes`` elements and of ``steps`` steps, in a new process.
+
+    Returns the measured ``rss_before``, ``peak_construct``, ``rss_after_construct``,
+    ``peak_steps`` and ``resettable`` (whether the peak could be reset before each
+    phase; without it the peaks include everything before), and the derived
+    ``params_bytes``, ``largest_bytes``, ``construct_added`` and ``steps_added``.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    cfg = json.dumps({"sizes": [int(n) for n in sizes], "optimizer": optimizer,
+                      "steps": int(steps)})
+    res = subprocess.run([sys.executable, "-c", _SCRIPT, cfg], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"the memory measurement failed:\n{res.stderr[-4000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["params_bytes"] = 4 * sum(int(n) for n in sizes)
+    out["largest_bytes"] = 4 * max(int(n) for n in sizes)
+    out["construct_added"] = out["peak_construct"] - out["rss_before"]
+    out["steps_added"] = out["peak_steps"] - out["rss_before"]
+    return out
