@@ -344,3 +344,40 @@ def test_bfloat16_state_takes_torchs_lerp_branch(beta1):
     else:   # within the stochastic rounding of torch's value (one bfloat16 spacing)
         spacing = np.abs(m_t) * 2.0 ** -7
         assert np.all(np.abs(m - m_t) <= spacing)
+
+
+@pytest.mark.parametrize("backend", COMPILED_HOST)
+def test_repeated_calls_keep_torchs_lerp_weight(backend):
+    """The functional API's cached plan (second and later calls on the same arrays) and
+    the NumPy façade's bound kernels compute the lerp weight ``w - 1`` in the buffer's
+    type, as torch does (``float32(w) - 1``), not in float64: torch's bits at every step.
+    beta1 = 0.4: ``float32(0.6) - 1`` differs from ``float32(0.6 - 1)``."""
+    import fastadam
+    b1 = 0.4
+    assert np.float32(np.float32(1 - b1) - 1) != np.float32((1 - b1) - 1)   # the case bites
+    rng = np.random.default_rng(2)
+    n = 512
+    p0 = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(4)]
+    p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    opt = fastadam.Adam({"w": p0.copy()}, lr=1e-2, betas=(b1, 0.999), backend=backend)
+    tp = torch.from_numpy(p0.copy())
+    topt = torch.optim.Adam([tp], lr=1e-2, betas=(b1, 0.999), foreach=False)
+    g = np.empty(n, np.float32)                       # one gradient buffer, as in training
+    for t, gt in enumerate(grads, start=1):
+        g[...] = gt
+        F.adam_(p, g, m, v, step=t, lr=1e-2, beta1=b1, beta2=0.999, eps=1e-8,
+                backend=backend)                      # a cached plan from t = 2
+        opt.grads["w"][...] = g
+        opt.step()                                    # bound kernel
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+        np.testing.assert_array_equal(m, topt.state[tp]["exp_avg"].numpy(), f"step {t}")
+        np.testing.assert_array_equal(opt.state[0]["float32"]["exp_avg"], m, f"step {t}")
+        # from the same state: continue both from torch's moments (step by step)
+        m[...] = topt.state[tp]["exp_avg"].numpy()
+        v[...] = topt.state[tp]["exp_avg_sq"].numpy()
+        p[...] = tp.detach().numpy()
+        opt.state[0]["float32"]["exp_avg"][...] = m
+        opt.state[0]["float32"]["exp_avg_sq"][...] = v
+        opt.params["w"][...] = p

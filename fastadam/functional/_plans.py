@@ -46,7 +46,7 @@ from .. import _backends, _scalars
 MAX_PLANS = 256
 
 _plans: dict = {}
-_PythonFloats = _scalars.PythonFloats
+_python_floats = _scalars.python_floats
 
 
 def _data_assignable() -> bool:
@@ -117,7 +117,7 @@ def step(opt: str, backend, names: tuple, arrays: tuple, outputs: tuple, hp: dic
     key = (names, backend) + tuple(map(id, arrays))
     p = _plans.get(key) if type(backend) is str else None
     if p is not None and p.valid(arrays):
-        kname, scal = getattr(_scalars, opt)(_PythonFloats, **hp)
+        kname, scal = getattr(_scalars, opt)(_python_floats(arrays[0].dtype), **hp)
         if kname == p.kname:
             if p.call is None:
                 p.bind(arrays, opt, hp)
@@ -127,7 +127,8 @@ def step(opt: str, backend, names: tuple, arrays: tuple, outputs: tuple, hp: dic
     checked = be.check(dict(zip(names, arrays)), outputs)
     be.step(opt, checked, hp)
     if isinstance(be, _backends.CompiledBackend) and not be.device and type(backend) is str:
-        _remember(key, arrays, be, getattr(_scalars, opt)(_PythonFloats, **hp)[0])
+        kname = getattr(_scalars, opt)(_python_floats(arrays[0].dtype), **hp)[0]
+        _remember(key, arrays, be, kname)
 
 
 def _remember(key, arrays, be, kname: str) -> None:
