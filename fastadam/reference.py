@@ -8,9 +8,9 @@ float32).  It deliberately shares no code with :mod:`fastadam.rules` or
 independent derivation.  All arrays are updated in place; the caller validates.
 
 Torch's operation order is kept: ``p.addcdiv_(a, b, value=c)`` is ``p += (c * a) / b``;
-``lerp_`` and ``addcmul_``, which torch's CPU kernels compute as fused multiply-adds,
-are evaluated in a wider type to stand in for them (:func:`lerp_`, :func:`addcmul_`,
-:func:`sub_square`); torch's ``add(x, alpha=a)``, fused as well, is left unfused here.
+``lerp_``, ``addcmul_`` and ``add(x, alpha=a)``, which torch's CPU kernels compute as
+fused multiply-adds, are evaluated in a wider type to stand in for them (:func:`lerp_`,
+:func:`addcmul_`, :func:`sub_square`, :func:`add`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ def addcmul_(a, t1, t2, value):
         a[...] = (a.astype(wide) + vt * t2.astype(wide)).astype(a.dtype)
 
 
+def add(a, b, alpha):
+    """torch's ``a.add(b, alpha=alpha)``: ``a + alpha * b``, one fused multiply-add in
+    torch's CPU kernel (here: in a wider type, then rounded to the array's dtype)."""
+    wide = _wide(a.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (a.astype(wide) + wide(a.dtype.type(alpha)) * b.astype(wide)).astype(a.dtype)
+
+
 def sub_square(a, b):
     """``a - b * b`` as torch's ``a.addcmul(b, b, value=-1)``: one fused multiply-add
     (here: in a wider type, then rounded to the array's dtype)."""
@@ -68,7 +76,7 @@ def adam_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1, 
         if decoupled_weight_decay:
             param *= 1 - lr * weight_decay
         else:
-            grad = grad + weight_decay * param
+            grad = add(grad, param, weight_decay)
     lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq *= beta2
     addcmul_(exp_avg_sq, grad, grad, 1 - beta2)
@@ -88,7 +96,7 @@ def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, e
              weight_decay, momentum, centered, maximize):
     grad = -grad if maximize else grad
     if weight_decay != 0:
-        grad = grad + weight_decay * param
+        grad = add(grad, param, weight_decay)
     square_avg *= alpha
     addcmul_(square_avg, grad, grad, 1 - alpha)
     if centered:
@@ -100,7 +108,7 @@ def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, e
     if momentum > 0:
         momentum_buffer *= momentum
         momentum_buffer += grad / avg
-        param -= lr * momentum_buffer
+        param[...] = add(param, momentum_buffer, -lr)
     else:
         param += (-lr * grad) / avg                    # addcdiv_(value=-lr)
 
@@ -108,7 +116,7 @@ def rmsprop_(param, grad, square_avg, momentum_buffer, grad_avg, *, lr, alpha, e
 def adagrad_(param, grad, state_sum, *, step, lr, lr_decay, eps, weight_decay, maximize):
     grad = -grad if maximize else grad
     if weight_decay != 0:
-        grad = grad + weight_decay * param
+        grad = add(grad, param, weight_decay)
     clr = lr / (1 + (step - 1) * lr_decay)
     addcmul_(state_sum, grad, grad, 1)
     std = np.sqrt(state_sum) + eps
@@ -119,31 +127,31 @@ def sgd_(param, grad, momentum_buffer, *, first, lr, momentum, dampening, weight
          nesterov, maximize):
     grad = -grad if maximize else grad
     if weight_decay != 0:
-        grad = grad + weight_decay * param
+        grad = add(grad, param, weight_decay)
     if momentum != 0:
         if first:
             momentum_buffer[...] = grad
         else:
             momentum_buffer *= momentum
-            momentum_buffer += (1 - dampening) * grad
+            momentum_buffer[...] = add(momentum_buffer, grad, 1 - dampening)
         if nesterov:
-            grad = grad + momentum * momentum_buffer
+            grad = add(grad, momentum_buffer, momentum)
         else:
             grad = momentum_buffer
-    param -= lr * grad
+    param[...] = add(param, grad, -lr)
 
 
 def adadelta_(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, maximize):
     grad = -grad if maximize else grad
     if weight_decay != 0:
-        grad = grad + weight_decay * param
+        grad = add(grad, param, weight_decay)
     square_avg *= rho
     addcmul_(square_avg, grad, grad, 1 - rho)
     std = np.sqrt(square_avg + eps)
     delta = np.sqrt(acc_delta + eps) / std * grad
     acc_delta *= rho
     addcmul_(acc_delta, delta, delta, 1 - rho)
-    param -= lr * delta
+    param[...] = add(param, delta, -lr)
 
 
 def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1, beta2, eps,
@@ -155,7 +163,7 @@ def nadam_(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1, bet
         if decoupled_weight_decay:
             param *= 1 - lr * weight_decay
         else:
-            grad = grad + weight_decay * param
+            grad = add(grad, param, weight_decay)
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
     mu_product = mu_product * mu
@@ -173,7 +181,7 @@ def adamax_(param, grad, exp_avg, exp_inf, *, step, lr, beta1, beta2, eps, weigh
             maximize):
     grad = -grad if maximize else grad
     if weight_decay != 0:
-        grad = grad + weight_decay * param
+        grad = add(grad, param, weight_decay)
     lerp_(exp_avg, grad, 1 - beta1)
     np.maximum(exp_inf * beta2, np.abs(grad) + eps, out=exp_inf)
     clr = lr / (1 - beta1 ** step)
