@@ -74,21 +74,30 @@ class _StepMixin:
                 for p in b.params:
                     p.grad = None
                 continue
-            grads = list(map(_grad_of, b.params))
             probe = b.probe
             if probe is not None and b.gviews[probe[0]].data_ptr() != probe[1]:
                 self._regrid(b)             # moved into shared memory: re-bound below
-            elif all(map(_is, grads, b.gviews)):
+            elif all(map(_is, map(_grad_of, b.params), b.gviews)):
                 b.grad.zero_()
                 continue
+            b.bind_grad()
+            # one parameter at a time, and no list of the old gradients: each old
+            # gradient's memory is released as its parameter is re-bound, before the
+            # flat buffer's pages are written (zeroed) below
             dense = []
-            for p, g, v in zip(b.params, grads, b.gviews):
-                if g is not None and g.layout != torch.strided:   # as torch: a sparse
-                    with torch.no_grad():                          # gradient stays sparse
+            for p, v in zip(b.params, b.gviews):
+                g = p.grad
+                if g is None:
+                    dense.append(False)
+                elif g.layout != torch.strided:       # as torch: a sparse gradient
+                    with torch.no_grad():             # stays sparse
                         g.zero_()
-                elif g is not None and g is not v:
-                    p.grad = v
-                dense.append(g is not None and g.layout == torch.strided)
+                    dense.append(False)
+                else:
+                    if g is not v:
+                        p.grad = v
+                    dense.append(True)
+            g = None
             # the slices of the bound gradients: those of a None or sparse gradient are
             # not read (a sparse table's slice is never touched: no memory)
             o, i, n = b.offsets, 0, len(dense)
