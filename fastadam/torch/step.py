@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import _scalars, _threads
+from .._config import PARALLEL_THRESHOLD
 from .buffers import _SCALES, _data_ptr, _view
 from .hparams import _Stale
 from .sparse import _densify, _SparseGrad
@@ -179,12 +180,15 @@ class _StepMixin:
                     readopt.append(i)
         copies = []
         has = []          # per parameter: None (no grad), True (in the flat buffer), or the
-        for i, (g, v) in enumerate(zip(grads, b.gviews)):     # grad tensor used in place
+        dtype, cuda = b.dtype, b.cuda                         # grad tensor used in place
+        in_place = b.sdt != "int8"          # int8: runs must be whole blocks
+        strided = torch.strided
+        for i, (g, v) in enumerate(zip(grads, b.gviews)):
             if g is None:
                 has.append(None)
                 continue
             if g is not v:
-                if g.layout != torch.strided:           # sparse: checked, made a row update
+                if g.layout is not strided:           # sparse: checked, made a row update
                     sg, dense = self._sparse_grad(b, i, g, hp)
                     if dense:
                         copies.append((i, sg))          # scattered into the flat buffer
@@ -192,20 +196,24 @@ class _StepMixin:
                     else:
                         has.append(sg)                  # a run of its own
                     continue
-                if g.shape != v.shape or g.dtype != b.dtype or g.device != b.device:
+                # (is_cuda / is_cpu: the device without making a torch.device per tensor)
+                if (g.dtype is not dtype or g.shape != v.shape
+                        or (g.device != b.device if cuda else not g.is_cpu)):
                     raise ValueError(
                         f"the gradient of parameter {i} of param group {b.gi} has shape "
                         f"{tuple(g.shape)}, dtype {g.dtype}, device {g.device}; expected "
                         f"{tuple(v.shape)}, {b.dtype}, {b.device}")
-                if (g.numel() >= _IN_PLACE_MIN and g.is_contiguous() and not g.is_neg()
-                        and b.sdt != "int8"):       # int8: runs must be whole blocks
+                if (in_place and g.numel() >= _IN_PLACE_MIN and g.is_contiguous()
+                        and not g.is_neg()):
                     has.append(g)           # big: its own kernel call, no copy
                     continue
                 copies.append((i, g))       # small or strided: copied into the flat slot
             has.append(True)
         # runs: consecutive parameters whose gradients are in the flat buffer and that
         # share the step-dependent scalars; a gradient used in place is a run of its own
-        if self._needs_mu:
+        if b.uniform:                     # every parameter at the same step (and mu)
+            keys = None
+        elif self._needs_mu:
             keys = list(zip(b.steps.tolist(), b.mu.tolist()))
         elif self._needs_step:
             keys = b.steps.tolist()
@@ -287,8 +295,7 @@ class _StepMixin:
                     b.views[i].copy_(b.params[i].detach())
             copy_back = readopt
         if copies:
-            with torch.no_grad():
-                self._copy_grads(b, copies)
+            self._copy_grads(b, copies)
         return copy_back
 
     def _run(self, b, kname, names, hp, advances, runs):
@@ -316,9 +323,18 @@ class _StepMixin:
         else:
             offs = b.offsets
             memo = {}
+            # every parameter at one step, and every one in a run: they advance together
+            # and stay at one step (no per-run count updates, no new look at the counts)
+            together = b.uniform and sum(z - a for a, z, _ in runs) == n
+            if together:
+                t0 = int(steps[0]) + 1
+                mu0 = float(b.mu[0]) if self._needs_mu else 1.0
             for a, z, g in runs:
-                t = int(steps[a]) + 1
-                mu = float(b.mu[a]) if self._needs_mu else 1.0
+                if together:
+                    t, mu = t0, mu0
+                else:
+                    t = int(steps[a]) + 1
+                    mu = float(b.mu[a]) if self._needs_mu else 1.0
                 lo, hi = offs[a], offs[z]
                 if type(g) is _SparseGrad:
                     self._sparse_call(b, hp, t, a, g)
@@ -332,11 +348,16 @@ class _StepMixin:
                         g = g.detach().reshape(-1)
                         arr = (arr[0], g if b.cuda else b._host(g)) + arr[2:]
                     self._call(b, kname, arr, self._scalars_of(b, hp, t, mu, memo))
-                if advances:
+                if advances and not together:
                     steps[a:z] += 1
                     if self._needs_mu:
                         b.mu[a:z] = self._next_mu(hp, t, mu)
-            self._refresh_uniform(b)
+            if advances and together:
+                steps += 1
+                if self._needs_mu:
+                    b.mu[:] = self._next_mu(hp, t0, mu0)
+            elif advances:
+                self._refresh_uniform(b)
         if advances and not b.all_started:
             for a, z, _ in runs:
                 for i in range(a, z):
@@ -368,14 +389,32 @@ class _StepMixin:
                 for (i, _), s in zip(copies, srcs):
                     np.copyto(views[i], s, casting="no")
                 return
-        torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
+        with torch.no_grad():
+            torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
 
     def _call(self, b, kname, arrays, sc):
-        """One kernel call over ``arrays`` (a run of parameters sharing one step)."""
-        if arrays[0].shape[0] == 0:
+        """One kernel call over ``arrays`` (a run of parameters sharing one step).
+
+        On a backend with compiled entry points (numba), the kernel's entry point for
+        these array types and this variant (serial or parallel, by the length) is
+        resolved once per bucket and called directly, with the scalars as Python
+        floats (rounded to the arrays' dtype on entry as ``dtype.type`` rounds them):
+        no type dispatch per call.  The arrays are the bucket's flat buffers, their
+        slices, or a gradient tensor's NumPy view, checked while planning (dtype,
+        1-D, contiguous): always the types the entry point was resolved for.
+        """
+        n = arrays[0].shape[0]
+        if n == 0:
             return
         fhp, k, scal = sc
-        if b.run is not None:
+        if b.entry is not None:
+            key = (k, n >= PARALLEL_THRESHOLD)
+            f = b.entries.get(key)
+            if f is None:
+                typed = self._scalar(b.np_dtype, **fhp)[1]
+                f = b.entries[key] = b.entry(k, arrays, typed)
+            f(*arrays, *scal)
+        elif b.run is not None:
             b.run(k, arrays, scal)
         else:
             named = {"param": arrays[0], "grad": arrays[1]}
