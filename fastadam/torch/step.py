@@ -35,6 +35,14 @@ _is = operator.is_
 _grad_of = operator.attrgetter("grad")
 
 
+def _np_of(t):
+    """The NumPy view of CPU tensor ``t`` (``detach()`` only where it requires grad)."""
+    try:
+        return t.numpy()
+    except RuntimeError:
+        return t.detach().numpy()
+
+
 class _StepMixin:
     """``step()`` and ``zero_grad()`` of a :class:`~fastadam.torch.base.FlatOptimizer`."""
 
@@ -317,7 +325,10 @@ class _StepMixin:
             else:
                 self._call(b, kname, arrays, sc)
             if advances:
-                steps += 1
+                if self._needs_step:              # uniform: every count was t - 1
+                    steps.fill(t)
+                else:                             # counts may differ (a cleared state)
+                    steps += 1
                 if self._needs_mu:
                     b.mu[:] = self._next_mu(hp, t, b.mu[0] if n else 1.0)
         else:
@@ -343,17 +354,21 @@ class _StepMixin:
                         g = b._host(g.detach().reshape(-1))
                     self._call_x(b, names, self._scalars_of(b, hp, t, mu, memo)[0], lo, hi, g)
                 else:
-                    arr = tuple(x[lo:hi] for x in arrays)
-                    if g is not None:
-                        g = g.detach().reshape(-1)
-                        arr = (arr[0], g if b.cuda else b._host(g)) + arr[2:]
+                    if g is None:
+                        arr = tuple(x[lo:hi] for x in arrays)
+                    else:
+                        g = g.detach().reshape(-1) if b.cuda else _np_of(g).reshape(-1)
+                        arr = (arrays[0][lo:hi], g) + tuple(x[lo:hi] for x in arrays[2:])
                     self._call(b, kname, arr, self._scalars_of(b, hp, t, mu, memo))
                 if advances and not together:
                     steps[a:z] += 1
                     if self._needs_mu:
                         b.mu[a:z] = self._next_mu(hp, t, mu)
             if advances and together:
-                steps += 1
+                if self._needs_step:
+                    steps.fill(t0)
+                else:
+                    steps += 1
                 if self._needs_mu:
                     b.mu[:] = self._next_mu(hp, t0, mu0)
             elif advances:
@@ -382,12 +397,12 @@ class _StepMixin:
         if not b.cuda and b.gnp is not None:
             views = b.gnp
             try:
-                srcs = [g.detach().numpy() for _, g in copies]
+                srcs = [_np_of(g) for _, g in copies]
             except (RuntimeError, TypeError):   # e.g. a tensor with the neg/conj bit set
                 srcs = None
             if srcs is not None:
                 for (i, _), s in zip(copies, srcs):
-                    np.copyto(views[i], s, casting="no")
+                    views[i][...] = s           # (same dtype and shape: checked in _plan)
                 return
         with torch.no_grad():
             torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
