@@ -330,6 +330,36 @@ def crossover(rounds: int, batch_time: float, progress=None, stat=statistics.med
         fns = {par: (lambda k=cpu.get("adam", par == "parallel"): k(p, g, m, v, *scal))
                for par in ("serial", "parallel")}
         med = interleave(fns, rounds, batch_time, progress, stat)
-        rows.append(dict(size=n, serial_s=med["serial"], parallel_s=med["parallel"],
-                         parallel_speedup=med["serial"] / med["parallel"]))
+        row = dict(size=n, serial_s=med["serial"], parallel_s=med["parallel"],
+                   parallel_speedup=med["serial"] / med["parallel"])
+        after = _after_torch_work(fns, 20 * rounds, stat)
+        if after is not None:
+            row.update(serial_after_torch_s=after["serial"],
+                       parallel_after_torch_s=after["parallel"],
+                       parallel_speedup_after_torch=after["serial"] / after["parallel"])
+        rows.append(row)
     return rows
+
+
+def _after_torch_work(fns: dict, calls: int, stat) -> dict | None:
+    """``stat`` of the seconds of one call of each ``name -> fn`` made right after
+    about half a millisecond of torch matrix products on torch's own threads (as a
+    step follows backward: torch's thread pool has just run, numba's has been idle);
+    None without torch.  The calls alternate between the contenders."""
+    torch = _torch()
+    if torch is None:
+        return None
+    y = torch.randn(192, 192)
+
+    def torch_work():
+        for _ in range(6):
+            torch.mm(y, y)
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(calls):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            torch_work()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: stat(ts) for name, ts in times.items()}
