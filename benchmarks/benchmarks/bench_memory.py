@@ -76,7 +76,7 @@ class TorchTrainingMemory:
 
     def setup(self, optimizer, grads):
         try:
-            import torch
+            import torch  # noqa: F401
         except ImportError:
             raise NotImplementedError("torch is not installed")
         import fastadam.torch as ft
@@ -113,9 +113,8 @@ class TorchMemoryAdded:
     repeat = 1
 
     def setup_cache(self):
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        import importlib.util
+        if importlib.util.find_spec("torch") is None:
             return None
         from fastadam.bench.memory import torch_memory
         return {(o, g): torch_memory(o, g, TorchTrainingMemory.LAYERS,

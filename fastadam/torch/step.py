@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
 import torch
 
 from .. import _scalars, _threads
@@ -43,8 +42,59 @@ def _np_of(t):
         return t.detach().numpy()
 
 
+def _regrid(b):
+    """New views of the flat buffers for those whose storage was moved under them.
+
+    ``model.share_memory()`` moves each parameter's storage -- which its view in
+    ``b.views`` shares -- and each ``.grad``'s, bound ones included, into shared
+    memory.  The moved parameters are then stepped by copy (``_prepare``), the
+    moved gradients copied in.  Returns whether a gradient view was replaced.
+    """
+    o = b.offsets
+    for views, flat in ((b.views, b.data), (b.gviews, b.grad)):
+        base, size = flat.data_ptr(), flat.element_size()
+        stale = [i for i, v in enumerate(views)
+                 if v.numel() and v.data_ptr() != base + o[i] * size]
+        for i in stale:
+            views[i] = _view(flat, o[i], o[i] + views[i].numel(), views[i].shape)
+            if views is b.gviews and b.gnp is not None:
+                b.gnp[i] = views[i].numpy()
+    return bool(stale)
+
+
+def _copy_grads(b, copies):
+    """Copy foreign gradient tensors into the flat gradient buffer.
+
+    On CPU with NumPy (a plain memcpy on this thread): a torch copy would wake
+    torch's OpenMP pool between backward and the kernel's own thread pool.  A
+    sparse gradient (:class:`~fastadam.torch.sparse._SparseGrad`) is scattered.
+    """
+    if any(type(g) is _SparseGrad for _, g in copies):
+        for i, g in copies:
+            if type(g) is _SparseGrad:
+                _densify(b, i, g)
+        copies = [(i, g) for i, g in copies if type(g) is not _SparseGrad]
+        if not copies:
+            return
+    if not b.cuda and b.gnp is not None:
+        views = b.gnp
+        try:
+            srcs = [_np_of(g) for _, g in copies]
+        except (RuntimeError, TypeError):   # e.g. a tensor with the neg/conj bit set
+            srcs = None
+        if srcs is not None:
+            for (i, _), s in zip(copies, srcs):
+                views[i][...] = s           # (same dtype and shape: checked in _plan)
+            return
+    with torch.no_grad():
+        torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
+
+
 class _StepMixin:
     """``step()`` and ``zero_grad()`` of a :class:`~fastadam.torch.base.FlatOptimizer`."""
+
+    _regrid = staticmethod(_regrid)
+    _copy_grads = staticmethod(_copy_grads)
 
     def _refresh_uniform(self, b):
         """Whether one kernel call can again cover the whole bucket (same scalars)."""
@@ -217,6 +267,19 @@ class _StepMixin:
                     continue
                 copies.append((i, g))       # small or strided: copied into the flat slot
             has.append(True)
+        if copies and in_place:
+            # a small gradient that would be a run of its own anyway (no neighbour in the
+            # flat buffer: a bias between big weights, a bucket of one) is read in place
+            # too: no copy, and the flat gradient's memory is not touched
+            n, keep = len(has), []
+            for i, g in copies:
+                if (type(g) is not _SparseGrad and (i == 0 or has[i - 1] is not True)
+                        and (i + 1 == n or has[i + 1] is not True)
+                        and g.is_contiguous() and not g.is_neg()):
+                    has[i] = g
+                else:
+                    keep.append((i, g))
+            copies = keep
         # runs: consecutive parameters whose gradients are in the flat buffer and that
         # share the step-dependent scalars; a gradient used in place is a run of its own
         if b.uniform:                     # every parameter at the same step (and mu)
@@ -255,26 +318,6 @@ class _StepMixin:
             for a, _, _ in runs:
                 self._check_mu(hp, int(b.steps[a]) + 1, float(b.mu[a]))
         return b, rec, readopt, copies, runs
-
-    @staticmethod
-    def _regrid(b):
-        """New views of the flat buffers for those whose storage was moved under them.
-
-        ``model.share_memory()`` moves each parameter's storage -- which its view in
-        ``b.views`` shares -- and each ``.grad``'s, bound ones included, into shared
-        memory.  The moved parameters are then stepped by copy (``_prepare``), the
-        moved gradients copied in.  Returns whether a gradient view was replaced.
-        """
-        o = b.offsets
-        for views, flat in ((b.views, b.data), (b.gviews, b.grad)):
-            base, size = flat.data_ptr(), flat.element_size()
-            stale = [i for i, v in enumerate(views)
-                     if v.numel() and v.data_ptr() != base + o[i] * size]
-            for i in stale:
-                views[i] = _view(flat, o[i], o[i] + views[i].numel(), views[i].shape)
-                if views is b.gviews and b.gnp is not None:
-                    b.gnp[i] = views[i].numpy()
-        return bool(stale)
 
     def _execute(self, b, rec, readopt, copies, runs):
         back = self._prepare(b, rec, readopt, copies, runs)
@@ -317,12 +360,17 @@ class _StepMixin:
         special = b.sdt != "float32" or self._xf is not None or b.fmt is not None
         steps = b.steps
         n = len(b.params)
-        if len(runs) == 1 and runs[0][1] - runs[0][0] == n and runs[0][2] is None:
+        g = runs[0][2] if len(runs) == 1 else None
+        if (len(runs) == 1 and runs[0][1] - runs[0][0] == n
+                and (g is None or (not special and type(g) is not _SparseGrad))):
             t = int(steps[0]) + 1 if n else 1                 # the whole buffer at once
             sc = self._scalars_of(b, hp, t, b.mu[0] if self._needs_mu and n else 1.0, {})
             if special:
                 self._call_x(b, names, sc[0], 0, b.offsets[-1], None)
             else:
+                if g is not None:     # one parameter, its gradient read where it is
+                    g = g.detach().reshape(-1) if b.cuda else _np_of(g).reshape(-1)
+                    arrays = (arrays[0], g) + arrays[2:]
                 self._call(b, kname, arrays, sc)
             if advances:
                 if self._needs_step:              # uniform: every count was t - 1
@@ -378,34 +426,6 @@ class _StepMixin:
                 for i in range(a, z):
                     self._populate(b, i)
             b.all_started = all(b.started)
-
-    @staticmethod
-    def _copy_grads(b, copies):
-        """Copy foreign gradient tensors into the flat gradient buffer.
-
-        On CPU with NumPy (a plain memcpy on this thread): a torch copy would wake
-        torch's OpenMP pool between backward and the kernel's own thread pool.  A
-        sparse gradient (:class:`~fastadam.torch.sparse._SparseGrad`) is scattered.
-        """
-        if any(type(g) is _SparseGrad for _, g in copies):
-            for i, g in copies:
-                if type(g) is _SparseGrad:
-                    _densify(b, i, g)
-            copies = [(i, g) for i, g in copies if type(g) is not _SparseGrad]
-            if not copies:
-                return
-        if not b.cuda and b.gnp is not None:
-            views = b.gnp
-            try:
-                srcs = [_np_of(g) for _, g in copies]
-            except (RuntimeError, TypeError):   # e.g. a tensor with the neg/conj bit set
-                srcs = None
-            if srcs is not None:
-                for (i, _), s in zip(copies, srcs):
-                    views[i][...] = s           # (same dtype and shape: checked in _plan)
-                return
-        with torch.no_grad():
-            torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
 
     def _call(self, b, kname, arrays, sc):
         """One kernel call over ``arrays`` (a run of parameters sharing one step).
