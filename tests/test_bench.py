@@ -145,3 +145,24 @@ def test_plot(tmp_path):
     path = tmp_path / "p.png"
     bench.plot(res, str(path))
     assert path.stat().st_size > 1000
+
+
+def test_torch_contenders_both_gradient_regimes():
+    torch = pytest.importorskip("torch")
+    from fastadam.bench.contenders import TORCH_FRESH, single_tensor_contenders
+    cont = single_tensor_contenders(4096, peers=False)
+    assert {"fastadam.torch step()", TORCH_FRESH} <= set(cont)
+    cont[TORCH_FRESH]()                       # a step with fresh gradient tensors: runs
+    del torch
+
+
+def test_crossover_after_torch_work_times_each_call(monkeypatch):
+    pytest.importorskip("torch")
+    from fastadam.bench import contenders
+    calls = []
+    out = contenders._after_torch_work({"a": lambda: calls.append("a"),
+                                        "b": lambda: calls.append("b")}, 3, min)
+    assert set(out) == {"a", "b"} and all(t >= 0 for t in out.values())
+    assert calls.count("a") == 3 and calls.count("b") == 3 and calls[:2] == ["a", "b"]
+    monkeypatch.setattr(contenders, "_torch", lambda: None)
+    assert contenders._after_torch_work({"a": lambda: None}, 2, min) is None

@@ -8,7 +8,9 @@ tensor of each size (:func:`single_tensor_contenders`):
   the fastest);
 * ``fastadam step()``: the whole façade call ``fastadam.Adam(...).step()``;
   ``fastadam adam_()``: the functional call; ``fastadam[cython] step()`` when
-  the cython backend is built; ``fastadam.torch step()`` when torch is
+  the cython backend is built; ``fastadam.torch step()`` (gradients bound to the
+  flat buffer, ``zero_grad(set_to_none=False)``) and ``fastadam.torch, fresh grads``
+  (fresh gradient tensors each step, torch's default ``zero_grad()``) when torch is
   importable; ``numpy reference`` at small sizes;
 * the peers, when importable: ``torch for-loop`` / ``torch foreach`` /
   ``torch fused`` (``torch.optim.Adam``), ``DeepSpeedCPUAdam``.
@@ -35,6 +37,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -43,6 +46,9 @@ from .timing import interleave
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 REFERENCE_MAX = 65536          # the NumPy reference only runs up to this size
 PEERS = ("torch for-loop", "torch foreach", "torch fused", "DeepSpeedCPUAdam")
+#: fastadam.torch's contender with fresh gradient tensors each step (the other,
+#: ``fastadam.torch step()``, keeps them bound to the flat gradient buffer)
+TORCH_FRESH = "fastadam.torch, fresh grads"
 
 #: GPT-like model: vocabulary, context, width, layers -> 76 tensors, 6,967,296 params
 GPT = dict(vocab=8192, ctx=512, d=256, layers=6)
@@ -173,6 +179,7 @@ def single_tensor_contenders(n: int, dtype=np.float32, peers: bool = True) -> di
     torch = _torch()
     if torch is not None and _fastadam_torch() is not None:
         out["fastadam.torch step()"] = _fastadam_torch_adam(torch, [(p0, g0)])
+        out[TORCH_FRESH] = _fastadam_torch_fresh(torch, [(p0, g0)])
     if torch is not None and peers and dtype == np.float32:
         for mode in ("for-loop", "foreach", "fused"):
             out["torch " + mode] = _torch_adam(torch, [(p0, g0)], mode)
@@ -216,6 +223,7 @@ def model_contenders(shapes, peers: bool = True) -> dict:
     pg = [(a, g) for (_, a), g in zip(arrays, grads)]
     if _fastadam_torch() is not None:
         out["fastadam.torch step()"] = _fastadam_torch_adam(torch, pg)
+        out[TORCH_FRESH] = _fastadam_torch_fresh(torch, pg)
     if peers:
         for mode in ("for-loop", "foreach", "fused"):
             out["torch " + mode] = _torch_adam(torch, pg, mode)
@@ -241,6 +249,27 @@ def _fastadam_torch_adam(torch, params_grads):
     opt.zero_grad(set_to_none=False)
     backward()
     return opt.step
+
+
+def _fastadam_torch_fresh(torch, params_grads):
+    """fastadam.torch.Adam's step with fresh gradient tensors, as after torch's default
+    ``zero_grad()`` (``set_to_none=True``) and a backward: before each step every
+    ``.grad`` is assigned a gradient tensor other than the last one (two sets, used in
+    turn; the assignment is part of the time), never a view of the flat buffer."""
+    ft = _fastadam_torch()
+    ps = [torch.nn.Parameter(torch.from_numpy(np.array(p, copy=True))) for p, _ in params_grads]
+    sets = [[torch.from_numpy(np.array(g, copy=True)) for _, g in params_grads]
+            for _ in range(2)]
+    opt = ft.Adam(ps, lr=LR, betas=BETAS, eps=EPS)
+    turn = [0]
+
+    def step():
+        turn[0] ^= 1
+        for p, g in zip(ps, sets[turn[0]]):
+            p.grad = g
+        opt.step()
+    step()
+    return step
 
 
 def optimizer_contenders(label: str, n: int) -> dict:
@@ -286,7 +315,9 @@ def startup_times(repeats: int = 3) -> dict:
 
 
 def crossover(rounds: int, batch_time: float, progress=None, stat=statistics.median) -> list:
-    """Serial vs parallel numba Adam kernel time at sizes from 4K to 1M."""
+    """Serial vs parallel numba Adam kernel time at sizes from 4K to 1M; with torch, also
+    each call right after torch's own thread pool has run (:func:`_after_torch_work`:
+    ``serial_after_torch_s``, ``parallel_after_torch_s``), as a step runs after backward."""
     from .. import _scalars
     from ..kernels import cpu
     rows = []
@@ -299,6 +330,36 @@ def crossover(rounds: int, batch_time: float, progress=None, stat=statistics.med
         fns = {par: (lambda k=cpu.get("adam", par == "parallel"): k(p, g, m, v, *scal))
                for par in ("serial", "parallel")}
         med = interleave(fns, rounds, batch_time, progress, stat)
-        rows.append(dict(size=n, serial_s=med["serial"], parallel_s=med["parallel"],
-                         parallel_speedup=med["serial"] / med["parallel"]))
+        row = dict(size=n, serial_s=med["serial"], parallel_s=med["parallel"],
+                   parallel_speedup=med["serial"] / med["parallel"])
+        after = _after_torch_work(fns, 20 * rounds, stat)
+        if after is not None:
+            row.update(serial_after_torch_s=after["serial"],
+                       parallel_after_torch_s=after["parallel"],
+                       parallel_speedup_after_torch=after["serial"] / after["parallel"])
+        rows.append(row)
     return rows
+
+
+def _after_torch_work(fns: dict, calls: int, stat) -> dict | None:
+    """``stat`` of the seconds of one call of each ``name -> fn`` made right after
+    about half a millisecond of torch matrix products on torch's own threads (as a
+    step follows backward: torch's thread pool has just run, numba's has been idle);
+    None without torch.  The calls alternate between the contenders."""
+    torch = _torch()
+    if torch is None:
+        return None
+    y = torch.randn(192, 192)
+
+    def torch_work():
+        for _ in range(6):
+            torch.mm(y, y)
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(calls):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            torch_work()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: stat(ts) for name, ts in times.items()}

@@ -110,3 +110,104 @@ def facade_memory(sizes, optimizer: str = "Adam", steps: int = 2, timeout: float
     out["construct_added"] = out["peak_construct"] - out["rss_before"]
     out["steps_added"] = out["peak_steps"] - out["rss_before"]
     return out
+
+
+_TORCH_SCRIPT = r"""
+import gc, json, os, sys
+cfg = json.loads(sys.argv[1])
+import torch
+import fastadam.torch as ft
+
+def status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+def peak():
+    hwm = status("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def make(params):
+    if cfg["optimizer"] == "torch fused":
+        return torch.optim.Adam(params, lr=1e-3, fused=True)
+    if cfg["optimizer"] == "torch foreach":
+        return torch.optim.Adam(params, lr=1e-3, foreach=True)
+    return ft.Adam(params, lr=1e-3)
+
+set_to_none = cfg["grads"] == "fresh"
+
+def train(model, opt, x, steps):
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=set_to_none)
+        model(x).square().mean().backward()
+        opt.step()
+
+torch.manual_seed(0)
+# load the code (kernels, serial and parallel; torch's ops) on a small model first
+w = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(2)])
+train(w, make(w.parameters()), torch.randn(cfg["batch"], 512), 3)
+del w
+n = cfg["width"]
+model = torch.nn.Sequential(*[torch.nn.Linear(n, n) for _ in range(cfg["layers"])])
+x = torch.randn(cfg["batch"], n)
+gc.collect()
+out = {"resettable": reset_peak()}
+out["rss_before"] = status("VmRSS") or peak()
+opt = make(model.parameters())
+out["peak_construct"] = peak()
+out["rss_after_construct"] = status("VmRSS")
+reset_peak()
+train(model, opt, x, cfg["steps"])
+out["peak_steps"] = peak()
+out["rss_after_steps"] = status("VmRSS")
+print(json.dumps(out))
+"""
+
+
+def torch_memory(optimizer: str = "fastadam.torch", grads: str = "fresh", layers: int = 8,
+                 width: int = 2048, steps: int = 2, batch: int = 8,
+                 timeout: float = 600) -> dict:
+    """Resident-set figures (bytes) of an Adam over ``layers`` ``Linear(width, width)``
+    layers (float32) and ``steps`` training steps, in a new process.
+
+    ``optimizer``: ``"fastadam.torch"``, ``"torch fused"`` or ``"torch foreach"``;
+    ``grads``: ``"fresh"`` (``zero_grad()``, torch's default) or ``"bound"``
+    (``zero_grad(set_to_none=False)``).  Returns ``rss_before``, ``peak_construct``,
+    ``rss_after_construct``, ``peak_steps``, ``rss_after_steps``, ``resettable``, and
+    the derived ``params_bytes``, ``largest_bytes``, ``construct_added``.
+    """
+    if optimizer not in ("fastadam.torch", "torch fused", "torch foreach"):
+        raise ValueError(f"optimizer must be 'fastadam.torch', 'torch fused' or "
+                         f"'torch foreach', got {optimizer!r}")
+    if grads not in ("fresh", "bound"):
+        raise ValueError(f"grads must be 'fresh' or 'bound', got {grads!r}")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    cfg = json.dumps({"optimizer": optimizer, "grads": grads, "layers": int(layers),
+                      "width": int(width), "steps": int(steps), "batch": int(batch)})
+    res = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, cfg], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"the memory measurement failed:\n{res.stderr[-4000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["params_bytes"] = 4 * layers * (width * width + width)
+    out["largest_bytes"] = 4 * width * width
+    out["construct_added"] = out["peak_construct"] - out["rss_before"]
+    return out

@@ -157,8 +157,14 @@ def print_report(results: dict, stat: str, rounds: int, opt_size: int) -> None:
         print("\nnumba Adam kernel, serial vs parallel (PARALLEL_THRESHOLD = "
               f"{m['parallel_threshold']})")
         for r in results["crossover"]:
-            print(f"{_label(r['size']):>10}  serial {_fmt_time(r['serial_s'])}  parallel "
-                  f"{_fmt_time(r['parallel_s'])}  parallel speed-up {r['parallel_speedup']:.2f}x")
+            line = (f"{_label(r['size']):>10}  serial {_fmt_time(r['serial_s'])}  parallel "
+                    f"{_fmt_time(r['parallel_s'])}  parallel speed-up "
+                    f"{r['parallel_speedup']:.2f}x")
+            if "parallel_speedup_after_torch" in r:   # right after torch's pool ran
+                line += (f"  | after torch work: serial {_fmt_time(r['serial_after_torch_s'])}"
+                         f"  parallel {_fmt_time(r['parallel_after_torch_s'])}  "
+                         f"{r['parallel_speedup_after_torch']:.2f}x")
+            print(line)
     if results["startup"]:
         s = results["startup"]
         print(f"\nstart-up (new process, warm numba cache): import fastadam "

@@ -37,11 +37,11 @@ def _u16(t):
     return t.view(torch.int16).numpy().view(np.uint16)
 
 
-#: Smallest buffer (bytes) that ``_flat_tensor(..., lazy=True)`` maps lazily.
+#: Smallest buffer (bytes) that :func:`_lazy_zeros` maps lazily.
 _LAZY_MIN = 4 << 20
 
 
-def _flat_tensor(n: int, dtype, device, fill=None, lazy=False):
+def _flat_tensor(n: int, dtype, device, fill=None):
     """A new 1-D tensor of ``n`` elements (uninitialised when ``fill`` is None).
 
     On the CPU the memory comes from NumPy and is wrapped zero-copy: NumPy asks
@@ -49,9 +49,8 @@ def _flat_tensor(n: int, dtype, device, fill=None, lazy=False):
     torch's allocator does not.  With THP in its common ``madvise`` mode, an
     Adam step over 32M float32 elements measured 20.0 ms on torch-allocated
     memory against 17.0 ms on NumPy-allocated memory (TLB misses), so every
-    flat buffer of the CPU adapter is allocated this way.  ``lazy=True`` with
-    ``fill=0`` (the flat gradient; 4 MiB and up): anonymous private memory advised
-    for huge pages, mapped (zeroed) on first touch instead.
+    flat buffer of the CPU adapter is allocated this way (the flat gradient:
+    :func:`_lazy_zeros`).
     """
     if device.type != "cpu":
         if fill is None:
@@ -62,14 +61,30 @@ def _flat_tensor(n: int, dtype, device, fill=None, lazy=False):
             raise ValueError("bfloat16 flat buffers are only made zero-filled")
         return torch.from_numpy(np.zeros(n, dtype=np.int16)).view(torch.bfloat16)
     npdt = torch.empty(0, dtype=dtype).numpy().dtype
-    if lazy and fill == 0 and n * npdt.itemsize >= _LAZY_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
-        # zero pages mapped on first touch, as huge pages: the flat gradient of a table
-        # whose gradients are sparse is never touched and costs no memory
-        m = mmap.mmap(-1, n * npdt.itemsize, flags=mmap.MAP_PRIVATE)
-        m.madvise(mmap.MADV_HUGEPAGE)
-        return torch.from_numpy(np.frombuffer(m, dtype=npdt))
     a = np.empty(n, dtype=npdt) if fill is None else np.full(n, fill, dtype=npdt)
     return torch.from_numpy(a)
+
+
+def _lazy_zeros(n: int, npdt):
+    """``(tensor, mapping)``: ``n`` zeros of NumPy dtype ``npdt`` on the CPU, mapped on
+    first touch (``mapping``: the ``mmap`` to advise later; None below :data:`_LAZY_MIN`
+    bytes or where ``madvise`` is missing, then a plain zero-filled array).
+
+    The flat gradient: no page costs memory before it is written, so with fresh
+    gradient tensors each step (torch's default ``zero_grad()``, big gradients read
+    where they are) only the slices of the small gradients copied in are resident.
+    It starts without transparent huge pages (``MADV_NOHUGEPAGE``: a 2 MiB page per
+    small gradient would be resident otherwise, 16 MiB for the 8 biases of 8 big
+    ``Linear`` layers); :meth:`_Bucket.bind_grad` asks for them once gradients are
+    bound to the buffer (``zero_grad(set_to_none=False)``), where the whole buffer
+    is written each step and huge pages save TLB misses.
+    """
+    nbytes = n * npdt.itemsize
+    if nbytes >= _LAZY_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+        m.madvise(mmap.MADV_NOHUGEPAGE)
+        return torch.from_numpy(np.frombuffer(m, dtype=npdt)), m
+    return torch.from_numpy(np.zeros(n, dtype=npdt)), None
 
 
 def _view(flat, lo: int, hi: int, shape=None):
@@ -113,7 +128,7 @@ class _Bucket:
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
                  "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared",
-                 "anchor", "probe", "noadopt")
+                 "anchor", "probe", "noadopt", "gmap", "entry", "entries")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -135,7 +150,14 @@ class _Bucket:
         self.offsets = offs
         n = offs[-1]
         self.data = _flat_tensor(n, self.dtype, self.device, 0 if align > 1 else None)
-        self.grad = _flat_tensor(n, self.dtype, self.device, 0, lazy=True)
+        self.gmap = None     # the flat gradient's mapping, until it has huge pages
+        if self.cuda:
+            self.grad = _flat_tensor(n, self.dtype, self.device, 0)
+        elif self.dtype == torch.bfloat16:      # the same bits as int16
+            g, self.gmap = _lazy_zeros(n, np.dtype(np.int16))
+            self.grad = g.view(torch.bfloat16)
+        else:
+            self.grad, self.gmap = _lazy_zeros(n, torch.empty(0, dtype=self.dtype).numpy().dtype)
         # a torch view of the flat gradient, kept alive: zero_() of a CPU tensor with
         # no view uses memset, measured 450 ns against 285 ns with one (16 KiB, this
         # machine's glibc); the per-parameter views below have storages of their own
@@ -154,6 +176,7 @@ class _Bucket:
                 if not self.shared:
                     p.data = v
                 if p.grad is not None and p.grad.layout == torch.strided:
+                    self.bind_grad()
                     gv.copy_(p.grad)
                     p.grad = gv         # (a sparse gradient is left as it is)
                 self.views.append(v)
@@ -179,7 +202,17 @@ class _Bucket:
         self.all_started = False
         self.backend = backend
         self.run = getattr(backend, "run", None)
+        # compiled entry points (numba, CPU): (kernel, parallel) -> f(*arrays, *scalars)
+        self.entry = None if self.cuda else getattr(backend, "entry", None)
+        self.entries = {}
         self.row_offsets = None
+
+    def bind_grad(self):
+        """Gradients are being bound to the flat gradient: let it have huge pages."""
+        m = self.gmap
+        if m is not None:
+            self.gmap = None
+            m.madvise(mmap.MADV_HUGEPAGE)
 
     def _host(self, t):
         if self.cuda:

@@ -11,6 +11,8 @@ overrides (``_group_hparams``, ``_fill``, ``_advances``, ``_check_mu``).
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
@@ -26,6 +28,17 @@ def _frozen(v):
     if type(v) is list or type(v) is tuple:
         return (type(v), tuple(map(_frozen, v)))
     return (type(v), v)
+
+
+_is = operator.is_
+#: Types whose objects never change: the same object is the same value of the same type.
+_IMMUTABLE = frozenset((float, int, bool, str, type(None), complex))
+
+
+def _immutable(v) -> bool:
+    """Whether ``v`` (a hyperparameter value) can never change in place."""
+    t = type(v)
+    return t in _IMMUTABLE or (t is tuple and all(type(x) in _IMMUTABLE for x in v))
 
 
 def _num(name, value):
@@ -65,13 +78,21 @@ class _HparamsMixin:
         The cache is keyed on a frozen snapshot of the group's values -- each with its
         type, lists and tuples copied item by item -- so an in-place edit
         (``group["betas"][0] = ...``) or a change of type (``amsgrad=1`` for ``True``)
-        is validated again, never silently ignored.
+        is validated again, never silently ignored.  While the group holds the very
+        objects of the snapshot and none of them can change in place (numbers,
+        strings, None, tuples of those: :func:`_immutable`), that is the whole check.
         """
         vals = self._group_key(group)
-        key = tuple(map(_frozen, vals))
         rec = self._hp_cache.get(gi)
-        if rec is not None and rec[0] == key and rec[2] is group["params"]:
-            return rec[1]
+        if rec is not None and rec[2] is group["params"]:
+            # the very objects of the snapshot, none of them mutable: unchanged
+            if rec[3] is not None and all(map(_is, vals, rec[3])):
+                return rec[1]
+            key = tuple(map(_frozen, vals))
+            if rec[0] == key:
+                return rec[1]
+        else:
+            key = tuple(map(_frozen, vals))
         if group["params"] is not self._plists[gi]:
             raise _Stale            # the list was replaced: flatten the group again first
         self._check_flags(group)
@@ -82,7 +103,8 @@ class _HparamsMixin:
             kname = self._scalar(np.dtype(np.float64), **self._full(hp, 1, 0.5))[0]
         out = (hp, kname, _scalars.kernel_states(kname), self._advances(hp))
         if not any(isinstance(x, torch.Tensor) for x in vals):
-            self._hp_cache[gi] = (key, out, group["params"])
+            self._hp_cache[gi] = (key, out, group["params"],
+                                  vals if all(map(_immutable, vals)) else None)
         return out
 
     def _full(self, hp, step, mu):
@@ -107,7 +129,12 @@ class _HparamsMixin:
         r = memo.get(key)
         if r is None:
             fhp = self._full(hp, t, float(mu))
-            k, scal = self._scalar(b.np_dtype, **fhp) if b.run is not None else (None, None)
+            if b.entry is not None:      # the entry point rounds Python floats itself
+                k, scal = self._scalar(_scalars.PythonFloats, **fhp)
+            elif b.run is not None:
+                k, scal = self._scalar(b.np_dtype, **fhp)
+            else:
+                k = scal = None
             r = memo[key] = (fhp, k, scal)
         return r
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
 import torch
 
 from .. import _scalars, _threads
+from .._config import PARALLEL_THRESHOLD
 from .buffers import _SCALES, _data_ptr, _view
 from .hparams import _Stale
 from .sparse import _densify, _SparseGrad
@@ -34,8 +34,67 @@ _is = operator.is_
 _grad_of = operator.attrgetter("grad")
 
 
+def _np_of(t):
+    """The NumPy view of CPU tensor ``t`` (``detach()`` only where it requires grad)."""
+    try:
+        return t.numpy()
+    except RuntimeError:
+        return t.detach().numpy()
+
+
+def _regrid(b):
+    """New views of the flat buffers for those whose storage was moved under them.
+
+    ``model.share_memory()`` moves each parameter's storage -- which its view in
+    ``b.views`` shares -- and each ``.grad``'s, bound ones included, into shared
+    memory.  The moved parameters are then stepped by copy (``_prepare``), the
+    moved gradients copied in.  Returns whether a gradient view was replaced.
+    """
+    o = b.offsets
+    for views, flat in ((b.views, b.data), (b.gviews, b.grad)):
+        base, size = flat.data_ptr(), flat.element_size()
+        stale = [i for i, v in enumerate(views)
+                 if v.numel() and v.data_ptr() != base + o[i] * size]
+        for i in stale:
+            views[i] = _view(flat, o[i], o[i] + views[i].numel(), views[i].shape)
+            if views is b.gviews and b.gnp is not None:
+                b.gnp[i] = views[i].numpy()
+    return bool(stale)
+
+
+def _copy_grads(b, copies):
+    """Copy foreign gradient tensors into the flat gradient buffer.
+
+    On CPU with NumPy (a plain memcpy on this thread): a torch copy would wake
+    torch's OpenMP pool between backward and the kernel's own thread pool.  A
+    sparse gradient (:class:`~fastadam.torch.sparse._SparseGrad`) is scattered.
+    """
+    if any(type(g) is _SparseGrad for _, g in copies):
+        for i, g in copies:
+            if type(g) is _SparseGrad:
+                _densify(b, i, g)
+        copies = [(i, g) for i, g in copies if type(g) is not _SparseGrad]
+        if not copies:
+            return
+    if not b.cuda and b.gnp is not None:
+        views = b.gnp
+        try:
+            srcs = [_np_of(g) for _, g in copies]
+        except (RuntimeError, TypeError):   # e.g. a tensor with the neg/conj bit set
+            srcs = None
+        if srcs is not None:
+            for (i, _), s in zip(copies, srcs):
+                views[i][...] = s           # (same dtype and shape: checked in _plan)
+            return
+    with torch.no_grad():
+        torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
+
+
 class _StepMixin:
     """``step()`` and ``zero_grad()`` of a :class:`~fastadam.torch.base.FlatOptimizer`."""
+
+    _regrid = staticmethod(_regrid)
+    _copy_grads = staticmethod(_copy_grads)
 
     def _refresh_uniform(self, b):
         """Whether one kernel call can again cover the whole bucket (same scalars)."""
@@ -74,21 +133,30 @@ class _StepMixin:
                 for p in b.params:
                     p.grad = None
                 continue
-            grads = list(map(_grad_of, b.params))
             probe = b.probe
             if probe is not None and b.gviews[probe[0]].data_ptr() != probe[1]:
                 self._regrid(b)             # moved into shared memory: re-bound below
-            elif all(map(_is, grads, b.gviews)):
+            elif all(map(_is, map(_grad_of, b.params), b.gviews)):
                 b.grad.zero_()
                 continue
+            b.bind_grad()
+            # one parameter at a time, and no list of the old gradients: each old
+            # gradient's memory is released as its parameter is re-bound, before the
+            # flat buffer's pages are written (zeroed) below
             dense = []
-            for p, g, v in zip(b.params, grads, b.gviews):
-                if g is not None and g.layout != torch.strided:   # as torch: a sparse
-                    with torch.no_grad():                          # gradient stays sparse
+            for p, v in zip(b.params, b.gviews):
+                g = p.grad
+                if g is None:
+                    dense.append(False)
+                elif g.layout != torch.strided:       # as torch: a sparse gradient
+                    with torch.no_grad():             # stays sparse
                         g.zero_()
-                elif g is not None and g is not v:
-                    p.grad = v
-                dense.append(g is not None and g.layout == torch.strided)
+                    dense.append(False)
+                else:
+                    if g is not v:
+                        p.grad = v
+                    dense.append(True)
+            g = None
             # the slices of the bound gradients: those of a None or sparse gradient are
             # not read (a sparse table's slice is never touched: no memory)
             o, i, n = b.offsets, 0, len(dense)
@@ -170,12 +238,15 @@ class _StepMixin:
                     readopt.append(i)
         copies = []
         has = []          # per parameter: None (no grad), True (in the flat buffer), or the
-        for i, (g, v) in enumerate(zip(grads, b.gviews)):     # grad tensor used in place
+        dtype, cuda = b.dtype, b.cuda                         # grad tensor used in place
+        in_place = b.sdt != "int8"          # int8: runs must be whole blocks
+        strided = torch.strided
+        for i, (g, v) in enumerate(zip(grads, b.gviews)):
             if g is None:
                 has.append(None)
                 continue
             if g is not v:
-                if g.layout != torch.strided:           # sparse: checked, made a row update
+                if g.layout is not strided:           # sparse: checked, made a row update
                     sg, dense = self._sparse_grad(b, i, g, hp)
                     if dense:
                         copies.append((i, sg))          # scattered into the flat buffer
@@ -183,20 +254,37 @@ class _StepMixin:
                     else:
                         has.append(sg)                  # a run of its own
                     continue
-                if g.shape != v.shape or g.dtype != b.dtype or g.device != b.device:
+                # (is_cuda / is_cpu: the device without making a torch.device per tensor)
+                if (g.dtype is not dtype or g.shape != v.shape
+                        or (g.device != b.device if cuda else not g.is_cpu)):
                     raise ValueError(
                         f"the gradient of parameter {i} of param group {b.gi} has shape "
                         f"{tuple(g.shape)}, dtype {g.dtype}, device {g.device}; expected "
                         f"{tuple(v.shape)}, {b.dtype}, {b.device}")
-                if (g.numel() >= _IN_PLACE_MIN and g.is_contiguous() and not g.is_neg()
-                        and b.sdt != "int8"):       # int8: runs must be whole blocks
+                if (in_place and g.numel() >= _IN_PLACE_MIN and g.is_contiguous()
+                        and not g.is_neg()):
                     has.append(g)           # big: its own kernel call, no copy
                     continue
                 copies.append((i, g))       # small or strided: copied into the flat slot
             has.append(True)
+        if copies and in_place:
+            # a small gradient that would be a run of its own anyway (no neighbour in the
+            # flat buffer: a bias between big weights, a bucket of one) is read in place
+            # too: no copy, and the flat gradient's memory is not touched
+            n, keep = len(has), []
+            for i, g in copies:
+                if (type(g) is not _SparseGrad and (i == 0 or has[i - 1] is not True)
+                        and (i + 1 == n or has[i + 1] is not True)
+                        and g.is_contiguous() and not g.is_neg()):
+                    has[i] = g
+                else:
+                    keep.append((i, g))
+            copies = keep
         # runs: consecutive parameters whose gradients are in the flat buffer and that
         # share the step-dependent scalars; a gradient used in place is a run of its own
-        if self._needs_mu:
+        if b.uniform:                     # every parameter at the same step (and mu)
+            keys = None
+        elif self._needs_mu:
             keys = list(zip(b.steps.tolist(), b.mu.tolist()))
         elif self._needs_step:
             keys = b.steps.tolist()
@@ -231,26 +319,6 @@ class _StepMixin:
                 self._check_mu(hp, int(b.steps[a]) + 1, float(b.mu[a]))
         return b, rec, readopt, copies, runs
 
-    @staticmethod
-    def _regrid(b):
-        """New views of the flat buffers for those whose storage was moved under them.
-
-        ``model.share_memory()`` moves each parameter's storage -- which its view in
-        ``b.views`` shares -- and each ``.grad``'s, bound ones included, into shared
-        memory.  The moved parameters are then stepped by copy (``_prepare``), the
-        moved gradients copied in.  Returns whether a gradient view was replaced.
-        """
-        o = b.offsets
-        for views, flat in ((b.views, b.data), (b.gviews, b.grad)):
-            base, size = flat.data_ptr(), flat.element_size()
-            stale = [i for i, v in enumerate(views)
-                     if v.numel() and v.data_ptr() != base + o[i] * size]
-            for i in stale:
-                views[i] = _view(flat, o[i], o[i] + views[i].numel(), views[i].shape)
-                if views is b.gviews and b.gnp is not None:
-                    b.gnp[i] = views[i].numpy()
-        return bool(stale)
-
     def _execute(self, b, rec, readopt, copies, runs):
         back = self._prepare(b, rec, readopt, copies, runs)
         if runs:
@@ -278,8 +346,7 @@ class _StepMixin:
                     b.views[i].copy_(b.params[i].detach())
             copy_back = readopt
         if copies:
-            with torch.no_grad():
-                self._copy_grads(b, copies)
+            self._copy_grads(b, copies)
         return copy_back
 
     def _run(self, b, kname, names, hp, advances, runs):
@@ -293,23 +360,40 @@ class _StepMixin:
         special = b.sdt != "float32" or self._xf is not None or b.fmt is not None
         steps = b.steps
         n = len(b.params)
-        if len(runs) == 1 and runs[0][1] - runs[0][0] == n and runs[0][2] is None:
+        g = runs[0][2] if len(runs) == 1 else None
+        if (len(runs) == 1 and runs[0][1] - runs[0][0] == n
+                and (g is None or (not special and type(g) is not _SparseGrad))):
             t = int(steps[0]) + 1 if n else 1                 # the whole buffer at once
             sc = self._scalars_of(b, hp, t, b.mu[0] if self._needs_mu and n else 1.0, {})
             if special:
                 self._call_x(b, names, sc[0], 0, b.offsets[-1], None)
             else:
+                if g is not None:     # one parameter, its gradient read where it is
+                    g = g.detach().reshape(-1) if b.cuda else _np_of(g).reshape(-1)
+                    arrays = (arrays[0], g) + arrays[2:]
                 self._call(b, kname, arrays, sc)
             if advances:
-                steps += 1
+                if self._needs_step:              # uniform: every count was t - 1
+                    steps.fill(t)
+                else:                             # counts may differ (a cleared state)
+                    steps += 1
                 if self._needs_mu:
                     b.mu[:] = self._next_mu(hp, t, b.mu[0] if n else 1.0)
         else:
             offs = b.offsets
             memo = {}
+            # every parameter at one step, and every one in a run: they advance together
+            # and stay at one step (no per-run count updates, no new look at the counts)
+            together = b.uniform and sum(z - a for a, z, _ in runs) == n
+            if together:
+                t0 = int(steps[0]) + 1
+                mu0 = float(b.mu[0]) if self._needs_mu else 1.0
             for a, z, g in runs:
-                t = int(steps[a]) + 1
-                mu = float(b.mu[a]) if self._needs_mu else 1.0
+                if together:
+                    t, mu = t0, mu0
+                else:
+                    t = int(steps[a]) + 1
+                    mu = float(b.mu[a]) if self._needs_mu else 1.0
                 lo, hi = offs[a], offs[z]
                 if type(g) is _SparseGrad:
                     self._sparse_call(b, hp, t, a, g)
@@ -318,55 +402,54 @@ class _StepMixin:
                         g = b._host(g.detach().reshape(-1))
                     self._call_x(b, names, self._scalars_of(b, hp, t, mu, memo)[0], lo, hi, g)
                 else:
-                    arr = tuple(x[lo:hi] for x in arrays)
-                    if g is not None:
-                        g = g.detach().reshape(-1)
-                        arr = (arr[0], g if b.cuda else b._host(g)) + arr[2:]
+                    if g is None:
+                        arr = tuple(x[lo:hi] for x in arrays)
+                    else:
+                        g = g.detach().reshape(-1) if b.cuda else _np_of(g).reshape(-1)
+                        arr = (arrays[0][lo:hi], g) + tuple(x[lo:hi] for x in arrays[2:])
                     self._call(b, kname, arr, self._scalars_of(b, hp, t, mu, memo))
-                if advances:
+                if advances and not together:
                     steps[a:z] += 1
                     if self._needs_mu:
                         b.mu[a:z] = self._next_mu(hp, t, mu)
-            self._refresh_uniform(b)
+            if advances and together:
+                if self._needs_step:
+                    steps.fill(t0)
+                else:
+                    steps += 1
+                if self._needs_mu:
+                    b.mu[:] = self._next_mu(hp, t0, mu0)
+            elif advances:
+                self._refresh_uniform(b)
         if advances and not b.all_started:
             for a, z, _ in runs:
                 for i in range(a, z):
                     self._populate(b, i)
             b.all_started = all(b.started)
 
-    @staticmethod
-    def _copy_grads(b, copies):
-        """Copy foreign gradient tensors into the flat gradient buffer.
-
-        On CPU with NumPy (a plain memcpy on this thread): a torch copy would wake
-        torch's OpenMP pool between backward and the kernel's own thread pool.  A
-        sparse gradient (:class:`~fastadam.torch.sparse._SparseGrad`) is scattered.
-        """
-        if any(type(g) is _SparseGrad for _, g in copies):
-            for i, g in copies:
-                if type(g) is _SparseGrad:
-                    _densify(b, i, g)
-            copies = [(i, g) for i, g in copies if type(g) is not _SparseGrad]
-            if not copies:
-                return
-        if not b.cuda and b.gnp is not None:
-            views = b.gnp
-            try:
-                srcs = [g.detach().numpy() for _, g in copies]
-            except (RuntimeError, TypeError):   # e.g. a tensor with the neg/conj bit set
-                srcs = None
-            if srcs is not None:
-                for (i, _), s in zip(copies, srcs):
-                    np.copyto(views[i], s, casting="no")
-                return
-        torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
-
     def _call(self, b, kname, arrays, sc):
-        """One kernel call over ``arrays`` (a run of parameters sharing one step)."""
-        if arrays[0].shape[0] == 0:
+        """One kernel call over ``arrays`` (a run of parameters sharing one step).
+
+        On a backend with compiled entry points (numba), the kernel's entry point for
+        these array types and this variant (serial or parallel, by the length) is
+        resolved once per bucket and called directly, with the scalars as Python
+        floats (rounded to the arrays' dtype on entry as ``dtype.type`` rounds them):
+        no type dispatch per call.  The arrays are the bucket's flat buffers, their
+        slices, or a gradient tensor's NumPy view, checked while planning (dtype,
+        1-D, contiguous): always the types the entry point was resolved for.
+        """
+        n = arrays[0].shape[0]
+        if n == 0:
             return
         fhp, k, scal = sc
-        if b.run is not None:
+        if b.entry is not None:
+            key = (k, n >= PARALLEL_THRESHOLD)
+            f = b.entries.get(key)
+            if f is None:
+                typed = self._scalar(b.np_dtype, **fhp)[1]
+                f = b.entries[key] = b.entry(k, arrays, typed)
+            f(*arrays, *scal)
+        elif b.run is not None:
             b.run(k, arrays, scal)
         else:
             named = {"param": arrays[0], "grad": arrays[1]}
