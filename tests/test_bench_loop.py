@@ -70,7 +70,12 @@ def test_workload_sizes(workload):
 
 def test_contenders_start_from_the_same_weights_and_train_alike():
     """Every contender's model copy starts from the same weights; after a few iterations
-    (Adam, lr 1e-3) they stay within a few learning rates of each other, and each moved."""
+    (Adam, lr 1e-3) nearly every weight agrees with torch fused's, the rest stay within
+    a few learning rates, and each moved.
+
+    Rounding differences (torch foreach and fused differ too) change the later gradients
+    in the last bits; an element whose gradient is near zero or changes sign can then take
+    a step of up to ~2 lr in another direction: 3 steps bound it by 6 lr."""
     its = loop.contenders(torch, "transformer 2x32", quick=True)
     model0, _ = loop.build(torch, "transformer 2x32", quick=True)
     w0 = [p.detach().clone() for p in model0.parameters()]
@@ -84,4 +89,6 @@ def test_contenders_start_from_the_same_weights_and_train_alike():
     for name, ws in finals.items():
         moved = max((a - b).abs().max().item() for a, b in zip(ws, w0))
         assert 1e-4 < moved < 1e-2, name
-        assert max((a - b).abs().max().item() for a, b in zip(ws, ref)) < 1e-3, name
+        diff = torch.cat([(a - b).abs().reshape(-1) for a, b in zip(ws, ref)])
+        assert diff.max().item() < 6e-3, name
+        assert (diff > 1e-5).float().mean().item() < 0.01, name

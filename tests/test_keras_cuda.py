@@ -102,8 +102,10 @@ class FakeGPU:
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    yield FakeGPU(monkeypatch)
+    _backends.reset_cache()     # a cuda backend loaded while ``run`` is patched keeps
+    yield FakeGPU(monkeypatch)  # the fake: the registry forgets it before and after
     K._view_cache.clear()
+    _backends.reset_cache()
 
 
 def fit(name, kw, dtype, mod=FK, steps=STEPS):
