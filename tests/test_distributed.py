@@ -540,15 +540,25 @@ def test_torchrun_example_zero(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD),
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script),
            "--mode", "zero", "--steps", "20", "--hidden", "64", "--save", str(ckpt)]
-    # own session: on a timeout the whole group (torchrun's agent and its ranks) is killed
-    proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 120 s:\n{out}\n{err}")
+    for attempt in (1, 2):
+        # own session: on a timeout the whole group (torchrun's agent and its ranks) is killed
+        proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"torchrun did not finish in 120 s:\n{out}\n{err}")
+        # A rank that finished (the script printed its verdict, the checkpoint is written)
+        # may still abort in gloo's teardown at interpreter exit ("terminate called without
+        # an active exception": a gloo thread still joinable; about 1 run in 20 on a loaded
+        # 2-core machine, pytorch/pytorch#179291): run it once more, then it must pass.
+        exit_race = (proc.returncode != 0 and attempt == 1 and "ranks agree: True" in out
+                     and "terminate called without an active exception" in err)
+        if not exit_race:
+            break
+        cmd[cmd.index("--master-port") + 1] = str(_free_port())
     assert proc.returncode == 0, out + err
     assert "ranks agree: True" in out, out
     sd = torch.load(ckpt, weights_only=False)
