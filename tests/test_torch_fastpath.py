@@ -155,3 +155,34 @@ def test_bad_fresh_gradient_refused_before_anything_changes(big):
         assert torch.equal(p.detach(), s)
         for k, v in st.items():
             assert torch.equal(opt.state[p][k], v), k
+
+
+@pytest.mark.parametrize("regime", ["fresh", "bound"])
+@pytest.mark.parametrize("name,kw,key", [
+    ("Adam", dict(betas=(0.4, 0.999)), "exp_avg"),
+    ("NAdam", dict(betas=(0.4, 0.999)), "exp_avg"),
+    ("Adamax", dict(betas=(0.4, 0.999)), "exp_avg"),
+    ("RMSprop", dict(alpha=0.4, centered=True), "grad_avg"),
+])
+def test_lerp_branch_of_repeated_steps_is_torchs(name, kw, key, regime):
+    """float32, a lerp weight of 0.6 (torch's second branch, ``end - (end - self) * (1 -
+    w)``, with ``1 - w`` in float32): the lerped state after repeated steps, the cached
+    path included, has torch's bits.  The state depends on the gradients only, so it
+    must be equal however the parameters round."""
+    torch.manual_seed(3)
+    p0 = torch.randn(4096)
+    a, b = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    oa = getattr(ft, name)([a], lr=1e-2, **kw)
+    ob = getattr(torch.optim, name)([b], lr=1e-2, foreach=False, **kw)
+    for _ in range(5):
+        g = torch.randn(4096)
+        if regime == "fresh" or a.grad is None:
+            a.grad = g.clone()
+        else:
+            a.grad.copy_(g)
+        b.grad = g.clone()
+        oa.step()
+        ob.step()
+        if regime == "bound":
+            oa.zero_grad(set_to_none=False)
+        assert torch.equal(oa.state[a][key], ob.state[b][key])

@@ -130,7 +130,7 @@ class _HparamsMixin:
         if r is None:
             fhp = self._full(hp, t, float(mu))
             if b.entry is not None:      # the entry point rounds Python floats itself
-                k, scal = self._scalar(_scalars.PythonFloats, **fhp)
+                k, scal = self._scalar(_scalars.python_floats(b.np_dtype), **fhp)
             elif b.run is not None:
                 k, scal = self._scalar(b.np_dtype, **fhp)
             else:
