@@ -30,10 +30,10 @@ import os
 import subprocess
 import sys
 
-_SCRIPT = r"""
+#: The resident-set probes both measurement scripts start with: the current (VmRSS) and
+#: peak (VmHWM; getrusage where /proc is missing) resident set, and a reset of the peak.
+_PROBES = r"""
 import gc, json, os, sys
-import numpy as np
-import fastadam
 
 def status(key):
     try:
@@ -59,6 +59,12 @@ def peak():
         return hwm
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+"""
+
+_SCRIPT = _PROBES + r"""
+import numpy as np
+import fastadam
 
 cfg = json.loads(sys.argv[1])
 cls = getattr(fastadam, cfg["optimizer"])
@@ -86,6 +92,19 @@ print(json.dumps(out))
 """
 
 
+def _measure(script: str, cfg: dict, timeout: float) -> dict:
+    """Run measurement ``script`` with ``cfg`` (JSON, its argument) in a new process that
+    imports this fastadam; return the JSON object it prints last."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", script, json.dumps(cfg)], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"the memory measurement failed:\n{res.stderr[-4000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def facade_memory(sizes, optimizer: str = "Adam", steps: int = 2, timeout: float = 300) -> dict:
     """Resident-set figures (bytes) of constructing ``fastadam.<optimizer>`` over float32
     parameters of ``sizes`` elements and of ``steps`` steps, in a new process.
@@ -95,16 +114,8 @@ def facade_memory(sizes, optimizer: str = "Adam", steps: int = 2, timeout: float
     phase; without it the peaks include everything before), and the derived
     ``params_bytes``, ``largest_bytes``, ``construct_added`` and ``steps_added``.
     """
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cfg = json.dumps({"sizes": [int(n) for n in sizes], "optimizer": optimizer,
-                      "steps": int(steps)})
-    res = subprocess.run([sys.executable, "-c", _SCRIPT, cfg], capture_output=True,
-                         text=True, env=env, timeout=timeout)
-    if res.returncode != 0:
-        raise RuntimeError(f"the memory measurement failed:\n{res.stderr[-4000:]}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = _measure(_SCRIPT, {"sizes": [int(n) for n in sizes], "optimizer": optimizer,
+                             "steps": int(steps)}, timeout)
     out["params_bytes"] = 4 * sum(int(n) for n in sizes)
     out["largest_bytes"] = 4 * max(int(n) for n in sizes)
     out["construct_added"] = out["peak_construct"] - out["rss_before"]
@@ -112,36 +123,10 @@ def facade_memory(sizes, optimizer: str = "Adam", steps: int = 2, timeout: float
     return out
 
 
-_TORCH_SCRIPT = r"""
-import gc, json, os, sys
+_TORCH_SCRIPT = _PROBES + r"""
 cfg = json.loads(sys.argv[1])
 import torch
 import fastadam.torch as ft
-
-def status(key):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-def reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-def peak():
-    hwm = status("VmHWM")
-    if hwm is not None:
-        return hwm
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 def make(params):
     if cfg["optimizer"] == "torch fused":
@@ -197,16 +182,9 @@ def torch_memory(optimizer: str = "fastadam.torch", grads: str = "fresh", layers
                          f"'torch foreach', got {optimizer!r}")
     if grads not in ("fresh", "bound"):
         raise ValueError(f"grads must be 'fresh' or 'bound', got {grads!r}")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cfg = json.dumps({"optimizer": optimizer, "grads": grads, "layers": int(layers),
-                      "width": int(width), "steps": int(steps), "batch": int(batch)})
-    res = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, cfg], capture_output=True,
-                         text=True, env=env, timeout=timeout)
-    if res.returncode != 0:
-        raise RuntimeError(f"the memory measurement failed:\n{res.stderr[-4000:]}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = _measure(_TORCH_SCRIPT, {"optimizer": optimizer, "grads": grads,
+                                   "layers": int(layers), "width": int(width),
+                                   "steps": int(steps), "batch": int(batch)}, timeout)
     out["params_bytes"] = 4 * layers * (width * width + width)
     out["largest_bytes"] = 4 * width * width
     out["construct_added"] = out["peak_construct"] - out["rss_before"]
