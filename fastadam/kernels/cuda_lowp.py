@@ -382,6 +382,21 @@ def _master_loop(dec_g, dec_s, enc_s, enc_p):
     return master
 
 
+@_device
+def block_tree_sum(acc, cnt, t):
+    """Add the :data:`RED_THREADS` slots of the block's shared arrays ``acc`` and ``cnt``
+    into slot 0, in a fixed tree (called by every thread of the block, ``t`` its index,
+    once each has written its slot)."""
+    cuda.syncthreads()
+    k = RED_THREADS // 2
+    while k > 0:
+        if t < k:
+            acc[t] += acc[t + k]
+            cnt[t] += cnt[t + k]
+        cuda.syncthreads()
+        k //= 2
+
+
 def _sumsq_loop(dec):
     @_device
     def sq_elem(g, i, x, s, bad, zero, big, gscale, clip, write):
@@ -417,14 +432,7 @@ def _sumsq_loop(dec):
             i += st
         acc[t] = s
         cnt[t] = bad
-        cuda.syncthreads()
-        k = RED_THREADS // 2
-        while k > 0:
-            if t < k:
-                acc[t] += acc[t + k]
-                cnt[t] += cnt[t + k]
-            cuda.syncthreads()
-            k //= 2
+        block_tree_sum(acc, cnt, t)
         if t == 0:
             part[0, base + cuda.blockIdx.x] = acc[0]
             part[1, base + cuda.blockIdx.x] = zero + cnt[0]
@@ -445,14 +453,7 @@ def sumsq_total(part, m, zero, out):
         c += part[1, j]
     acc[t] = s
     cnt[t] = c
-    cuda.syncthreads()
-    k = RED_THREADS // 2
-    while k > 0:
-        if t < k:
-            acc[t] += acc[t + k]
-            cnt[t] += cnt[t + k]
-        cuda.syncthreads()
-        k //= 2
+    block_tree_sum(acc, cnt, t)
     if t == 0:
         out[0] = acc[0]
         out[1] = cnt[0]
