@@ -293,15 +293,21 @@ HOGWILD = textwrap.dedent("""
 """)
 
 
-def test_hogwild_spawned_workers_train_the_shared_model(tmp_path):
-    script = tmp_path / "hogwild.py"
-    script.write_text(HOGWILD)
+def _run_script_ok(script, tmp_path):
+    """Run ``script`` in a new interpreter (this fastadam first on its path, 300 s at
+    most); it must exit 0 with its output ending in ``OK``."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(ft.__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=300, env=env, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+
+
+def test_hogwild_spawned_workers_train_the_shared_model(tmp_path):
+    script = tmp_path / "hogwild.py"
+    script.write_text(HOGWILD)
+    _run_script_ok(script, tmp_path)
 
 
 def test_shared_parameters_laid_out_flat_are_taken_in_place():
@@ -542,12 +548,7 @@ def test_zero_redundancy_optimizer_load_state_dict(tmp_path):
     ``state[p]``: fastadam now takes it (it was silently ignored)."""
     script = tmp_path / "zero_load.py"
     script.write_text(ZERO_LOAD)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(ft.__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                       timeout=300, env=env, cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+    _run_script_ok(script, tmp_path)
 
 
 def test_load_state_dict_after_appending_a_parameter():
