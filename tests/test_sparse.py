@@ -380,15 +380,27 @@ def test_no_allocation_proportional_to_the_table(backend):
     assert grew < 8 * 1024, out.stdout          # the table is 64 MiB
 
 
-@pytest.mark.parametrize("nrows, n", [(97, 20), (97, 500), (1 << 20, 5000), (1 << 23, 3000)],
-                         ids=["insertion", "packed-small", "packed-1M", "general-8M"])
-def test_coalesce_is_a_stable_argsort(nrows, n):
+@pytest.mark.parametrize("nrows, n, hot", [(97, 20, None), (97, 500, None),
+                                           (1 << 20, 5000, None), (1 << 23, 3000, None),
+                                           (1 << 20, 3000, 0.9), (1 << 20, 3000, 1.0),
+                                           (1 << 20, 40, 0.5)],
+                         ids=["insertion", "packed-small", "packed-1M", "general-8M",
+                              "packed-hot-row", "packed-all-same", "packed-hot-few"])
+def test_coalesce_is_a_stable_argsort(nrows, n, hot):
     # every path of the lookups' sort (insertion, the packed two passes, the general
-    # passes for tables over 2 * RADIX_BITS bits) against NumPy's stable argsort
+    # passes for tables over 2 * RADIX_BITS bits) against NumPy's stable argsort; "hot":
+    # that share of the lookups on one row (with a high digit other than 0), the rest
+    # on rows sharing its low digit or not (long runs of one digit in the second pass)
     from fastadam.kernels import cpu_sparse as cs
     rng = np.random.default_rng(nrows + n)
-    idx = np.concatenate([(rng.zipf(1.2, n // 2) - 1) % nrows,
-                          rng.integers(0, nrows, n - n // 2)]).astype(np.int64)
+    if hot is None:
+        idx = np.concatenate([(rng.zipf(1.2, n // 2) - 1) % nrows,
+                              rng.integers(0, nrows, n - n // 2)]).astype(np.int64)
+    else:
+        row = 777_777 % nrows
+        other = np.where(rng.random(n) < 0.5, rng.integers(0, nrows, n),
+                         (rng.integers(0, 1024, n) << 10) | (row & 1023))
+        idx = np.where(rng.random(n) < hot, row, other).astype(np.int64)
     order, starts, rows, bounds = cs.coalesce(idx, nrows, 8, cs.index_dtype(nrows, n))
     want = np.argsort(idx, kind="stable")
     urows, ustarts = np.unique(idx[want], return_index=True)
