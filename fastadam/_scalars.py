@@ -45,6 +45,20 @@ SPARSE_KERNEL_STATES = {
     "lazy_adam_amsgrad": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
 }
 
+#: Suffix of a dense kernel's gradient-list form (:func:`gradlist_name`).
+GRADLIST_SUFFIX = "_gradlist"
+
+
+def gradlist_name(kname: str) -> str:
+    """The name of dense kernel ``kname``'s gradient-list form (numba CPU): the kernel's
+    arguments with the gradient replaced by ``gaddr, goff``, int64 arrays -- the
+    gradient of elements ``goff[k]:goff[k+1]`` is the contiguous array at address
+    ``gaddr[k]`` (:func:`fastadam.kernels._blocked.gradlist_loop`).  fastadam.torch
+    steps a run of parameters whose gradients are separate tensors (fresh from
+    autograd) in one call of it, reading each gradient where it is."""
+    return kname + GRADLIST_SUFFIX
+
+
 def kernel_states(kname: str) -> tuple:
     """The state arrays of kernel ``kname``, dense (:data:`KERNEL_STATES`) or row-sparse."""
     if kname in KERNEL_STATES:

@@ -36,11 +36,15 @@ BOOL_SCALARS = ("first", "nesterov")
 
 
 def _signature(name, dtype=numba.float32):
-    params = list(inspect.signature(getattr(cpu, name)).parameters)
-    n_arrays = 2 + len(_scalars.KERNEL_STATES[name])
+    base = name.removesuffix(_scalars.GRADLIST_SUFFIX)
+    params = list(inspect.signature(getattr(cpu, base)).parameters)
+    n_arrays = 2 + len(_scalars.KERNEL_STATES[base])
     arr = numba.types.Array(dtype, 1, "C")
-    return tuple([arr] * n_arrays + [numba.boolean if p in BOOL_SCALARS else dtype
-                                     for p in params[n_arrays:]])
+    arrays = [arr] * n_arrays
+    if name != base:                  # the gradient-list form: the gradient by address
+        arrays[1:2] = [numba.types.Array(numba.int64, 1, "C")] * 2
+    return tuple(arrays + [numba.boolean if p in BOOL_SCALARS else dtype
+                           for p in params[n_arrays:]])
 
 
 def _kernel_functions(ir: str):
@@ -59,9 +63,10 @@ DOUBLE_MATH = re.compile(
     r"\bfpext\b|@llvm\.\w+\.f64\b|\b(sitofp|uitofp)\b[^\n]*\bto double\b")
 PACKED = re.compile(r"^\s*v?(add|sub|mul|div|sqrt|max|min|fmadd\w*|fnmadd\w*)ps\s", re.M)
 
-#: every kernel serially; the parallel (prange) variants of a representative few
-CASES = [(k, False) for k in cpu.KERNEL_NAMES] + \
-        [(k, True) for k in ("adam", "adam_amsgrad", "sgd_momentum")]
+#: every kernel and its gradient-list form serially; the parallel (prange) variants of a
+#: representative few
+CASES = [(k, False) for k in cpu.KERNEL_NAMES + cpu.GRADLIST_NAMES] + \
+        [(k, True) for k in ("adam", "adam_amsgrad", "sgd_momentum", "adam_gradlist")]
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +168,36 @@ def test_parallel_sub_blocks_equal_the_serial_loop_bitwise(dtype):
             cpu.get(name, True)(*par, *s)
             cpu.get(name, False)(*ser, *s)
         for k, (a, b) in enumerate(zip(par, ser)):
+            assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")), \
+                f"{name}: array {k}"
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradient_list_form_equals_the_plain_loop_bitwise(dtype, parallel):
+    """Every kernel's gradient-list form over gradients of many sizes (empty ones, one
+    element, several work items, tensors that straddle work items; non-finite
+    elements), each read at its own address: the same bits as the plain serial loop
+    over the gradients concatenated."""
+    from fastadam.kernels import _blocked
+    sizes = [3, 0, _blocked.CHUNK - 1, 1, 0, 2 * _blocked.CHUNK + 5, 77, _blocked.CHUNK]
+    n = sum(sizes)
+    rng = np.random.default_rng(5)
+    base = [rng.standard_normal(n).astype(dtype) for _ in range(5)]
+    base[2] = np.abs(base[2])
+    base[1][[5, n // 2, n - 1]] = [np.nan, np.inf, -np.inf]
+    goff = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    grads = [base[1][a:b].copy() for a, b in zip(goff[:-1], goff[1:])]   # apart
+    gaddr = np.array([g.ctypes.data for g in grads], dtype=np.int64)
+    for name in cpu.KERNEL_NAMES:
+        na = 2 + len(_scalars.KERNEL_STATES[name])
+        s = _kernel_scalars(name, dtype)
+        got = [a.copy() for a in base[:na]]
+        ref = [a.copy() for a in base[:na]]
+        for _ in range(2):
+            cpu.get(cpu.gradlist_name(name), parallel)(got[0], gaddr, goff, *got[2:], *s)
+            cpu.get(name, False)(*ref, *s)
+        for k, (a, b) in enumerate(zip(got, ref)):
             assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")), \
                 f"{name}: array {k}"
 

@@ -31,6 +31,7 @@ import inspect
 import pathlib
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types as nbt
 from numba.core import cgutils
@@ -92,6 +93,21 @@ def k_line(typingctx, a):
     return nbt.intp(a), codegen
 
 
+@intrinsic
+def k_pointer(typingctx, address, a):
+    """The integer ``address`` as a pointer to ``a``'s element type (for
+    ``numba.carray``): how a gradient-list loop (:func:`gradlist_loop`) reads a tensor
+    it was given by address.  The caller guarantees that the memory is alive, of that
+    type, contiguous and long enough."""
+    if not isinstance(address, nbt.Integer) or not isinstance(a, nbt.Array):
+        return None
+    ptype = nbt.CPointer(a.dtype)
+
+    def codegen(context, b, sig, args):
+        return b.inttoptr(args[0], context.get_value_type(ptype))
+    return ptype(address, a), codegen
+
+
 @numba.njit(inline="always", cache=False)
 def prefetch_ahead(a, i, count):
     """Prefetch hints for the lines of ``a[i : i + count]`` (one per line; ``i`` may lie
@@ -117,6 +133,61 @@ def {name}({params}):
                 for j in range({a0}_.shape[0]):
                     {outs} = {rule}({ins}, {scalars})
 '''
+
+
+_GRADLIST_TEMPLATE = '''\
+def {name}({params}):
+    n = {a0}.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        lo = c * _CHUNK
+        hi = min(lo + _CHUNK, n)
+        k = np.searchsorted(goff, lo, "right") - 1
+        while lo < hi:
+            b = goff[k]
+            e = min(hi, goff[k + 1])
+            if e > lo:
+                {a1}_ = carray(k_pointer(gaddr[k], {a0}), goff[k + 1] - b)[lo - b:e - b]
+{views}
+                for j in range({a0}_.shape[0]):
+                    {outs} = {rule}({ins}, {scalars})
+            lo = e
+            k += 1
+'''
+
+
+def gradlist_loop(fn, n_arrays: int, rule: str, namespace: dict, name: str):
+    """Kernel ``fn`` with its gradient given as a list of tensors, by address.
+
+    The loop ``name`` takes ``fn``'s parameters with the second array (the
+    gradient) replaced by ``gaddr, goff``: int64 arrays, ``goff`` of length
+    ``len(gaddr) + 1``, rising from 0 to ``len(a0)``; the gradient of elements
+    ``goff[k]:goff[k+1]`` of the other arrays is the contiguous array of that length
+    at address ``gaddr[k]``, of the first array's dtype.  One call steps a run of
+    parameters whose gradients lie anywhere (fresh tensors from autograd, views of a
+    flat buffer), in work items of :data:`CHUNK` elements across tensor boundaries:
+    no copy of the gradients and no call per tensor.  The same rule call, so the
+    same bits as the plain loop over the gradients concatenated.
+    """
+    params = list(inspect.signature(fn).parameters)
+    arrays, scalars = params[:n_arrays], params[n_arrays:]
+    outs = [a for k, a in enumerate(arrays) if k != 1]
+    src = _GRADLIST_TEMPLATE.format(
+        name=name, params=", ".join([arrays[0], "gaddr", "goff"] + arrays[2:] + scalars),
+        a0=arrays[0], a1=arrays[1],
+        views="\n".join(f"                {a}_ = {a}[lo:e]" for a in outs),
+        outs=", ".join(f"{a}_[j]" for a in outs), rule=rule,
+        ins=", ".join(f"{a}_[j]" for a in arrays), scalars=", ".join(scalars))
+    ns = dict(namespace)
+    ns.update(prange=numba.prange, k_pointer=k_pointer, carray=numba.carray, np=np,
+              _CHUNK=CHUNK)
+    code = compile(src, fn.__code__.co_filename, "exec")
+    exec(code, ns)
+    out = ns[name]
+    out.__module__ = fn.__module__
+    out.__qualname__ = name
+    out.__doc__ = fn.__doc__
+    out.source = src
+    return out
 
 
 def blocked_loop(fn, n_arrays: int, rule: str, namespace: dict, min_bytes: int = MIN_BYTES):

@@ -156,12 +156,17 @@ class KernelVariants:
         ``parallel_source(name) -> function``: the loop compiled for the parallel
         variant (e.g. :func:`._blocked.blocked_loop`'s prefetched form), called once
         per name; by default the same loop as the serial variant.
+    generate : callable, optional
+        ``generate(name) -> function``: the loop of a name that ``namespace`` does not
+        hold (e.g. :func:`._blocked.gradlist_loop`'s forms), made on first request and
+        compiled for both variants.
     """
 
     def __init__(self, namespace: dict, key: str, fastmath, names=None,
-                 parallel_source=None):
+                 parallel_source=None, generate=None):
         self._ns = namespace
         self._parallel_source = parallel_source
+        self._generate = generate
         self._sources: dict = {}
         opts = hashlib.sha256(repr(sorted(NJIT_OPTIONS.items())).encode()).hexdigest()[:6]
         self._key = key + opts
@@ -186,6 +191,11 @@ class KernelVariants:
 
     def source(self, name: str, parallel: bool):
         """The Python function compiled for variant ``(name, parallel)``."""
+        if self._generate is not None and name not in self._ns:
+            src = self._sources.get(name)
+            if src is None:
+                src = self._sources[name] = self._generate(name)
+            return src
         if not parallel or self._parallel_source is None:
             return self._ns[name]
         src = self._sources.get(name)

@@ -25,6 +25,7 @@ from numba import prange
 
 from .. import rules as _rules
 from .._config import FASTMATH, PARALLEL_THRESHOLD
+from .._scalars import GRADLIST_SUFFIX, gradlist_name
 from . import _blocked, _fma  # noqa: F401  (_fma: the rules' fma, for numba)
 from ._variants import KernelVariants, use_parallel
 from ..rules import adadelta as _adadelta_r
@@ -130,6 +131,9 @@ KERNEL_NAMES = (
     "rmsprop_centered_momentum", "adagrad", "sgd", "sgd_momentum", "adadelta", "nadam",
     "adamax",
 )
+#: The kernels' gradient-list forms (:func:`fastadam._scalars.gradlist_name`), made from
+#: the loops above by :func:`._blocked.gradlist_loop` on first use.
+GRADLIST_NAMES = tuple(gradlist_name(name) for name in KERNEL_NAMES)
 
 
 def _parallel_loop(name: str):
@@ -140,12 +144,22 @@ def _parallel_loop(name: str):
                                  globals())
 
 
+def _gradlist_loop(name: str):
+    """The gradient-list form of kernel ``name[:-len(GRADLIST_SUFFIX)]`` (both variants:
+    see :func:`fastadam._scalars.gradlist_name`)."""
+    from .._scalars import KERNEL_STATES
+    base = name[:-len(GRADLIST_SUFFIX)]
+    return _blocked.gradlist_loop(globals()[base], 2 + len(KERNEL_STATES[base]), "r_" + base,
+                                  globals(), name)
+
+
 # Cache entries are keyed by the rules' sources, the sub-block loop's source and the
 # compile flags, which numba's own cache check (this file's timestamp) does not see.
 _RULES_HASH = (_rules.source_hash(extra=repr(sorted(FASTMATH))) + _blocked.HASH
                + _fma.HASH)
-_variants = KernelVariants(globals(), _RULES_HASH, FASTMATH, names=KERNEL_NAMES,
-                           parallel_source=_parallel_loop)
+_variants = KernelVariants(globals(), _RULES_HASH, FASTMATH,
+                           names=KERNEL_NAMES + GRADLIST_NAMES,
+                           parallel_source=_parallel_loop, generate=_gradlist_loop)
 _compiled = _variants.compiled
 get = _variants.get
 

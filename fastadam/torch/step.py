@@ -20,8 +20,10 @@ import torch
 
 from .. import _scalars, _threads
 from .._config import PARALLEL_THRESHOLD
+from .._scalars import gradlist_name
 from .buffers import _SCALES, _data_ptr, _view
 from .hparams import _Stale
+from .gradlist import _GRADLIST_MAX, _JOIN, _GradList, _GradListMixin
 from .sparse import _densify, _SparseGrad
 
 #: A gradient tensor that is not a view of the flat buffer (a fresh one from
@@ -90,7 +92,7 @@ def _copy_grads(b, copies):
         torch._foreach_copy_([b.gviews[i] for i, _ in copies], [g for _, g in copies])
 
 
-class _StepMixin:
+class _StepMixin(_GradListMixin):
     """``step()`` and ``zero_grad()`` of a :class:`~fastadam.torch.base.FlatOptimizer`."""
 
     _regrid = staticmethod(_regrid)
@@ -193,24 +195,35 @@ class _StepMixin:
         if self._flag.dirty:              # optimizer.state or a "params" list edited
             self._sync()
         groups = self.param_groups
-        try:
-            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
-        except _Stale:                    # a group's "params" list was replaced
-            self._sync()
-            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi])) for b in self._buckets]
-        _threads.follow(torch.get_num_threads())     # as torch's own ops (fastadam._threads)
         grad_scale = getattr(self, "grad_scale", None)      # set by torch.amp.GradScaler
         found_inf = getattr(self, "found_inf", None)
-        if (grad_scale is None and found_inf is None and self.max_grad_norm is None
-                and self.clip_value is None):
+        plain = (grad_scale is None and found_inf is None and self.max_grad_norm is None
+                 and self.clip_value is None)
+        try:
+            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi]), plain)
+                     for b in self._buckets]
+        except _Stale:                    # a group's "params" list was replaced
+            self._sync()
+            plans = [self._plan(b, self._hp_record(b.gi, groups[b.gi]), plain)
+                     for b in self._buckets]
+        _threads.follow(torch.get_num_threads())     # as torch's own ops (fastadam._threads)
+        if plain:
             for plan in plans:
                 self._execute(*plan)
         else:
             self._transformed_step(plans, grad_scale, found_inf)
         return loss
 
-    def _plan(self, b, rec):
-        """Check one bucket and decide its runs; changes nothing."""
+    def _plan(self, b, rec, plain=False):
+        """Check one bucket and decide its runs; changes nothing.
+
+        A run is ``(a, z, g)``: parameters ``a:z`` in one kernel call, their gradients
+        in the flat buffer (``g`` None), one gradient tensor used in place (``g`` that
+        tensor), a sparse one (a :class:`~fastadam.torch.sparse._SparseGrad`), or, in a
+        ``plain`` step (no unscaling, clipping or skipping) of a bucket whose kernels
+        take a gradient list (float32/float64 state, numba CPU), a :class:`_GradList`:
+        each parameter's gradient read where it is, in one call (no copies).
+        """
         params = b.params
         grads = list(map(_grad_of, params))
         if self._sparse == "require":
@@ -240,6 +253,9 @@ class _StepMixin:
         has = []          # per parameter: None (no grad), True (in the flat buffer), or the
         dtype, cuda = b.dtype, b.cuda                         # grad tensor used in place
         in_place = b.sdt != "int8"          # int8: runs must be whole blocks
+        # (or _JOIN: read in place in a gradient-list call, see _gathered_runs)
+        gather = plain and self._gradlist_ok(b)
+        gathered = False
         strided = torch.strided
         for i, (g, v) in enumerate(zip(grads, b.gviews)):
             if g is None:
@@ -261,12 +277,18 @@ class _StepMixin:
                         f"the gradient of parameter {i} of param group {b.gi} has shape "
                         f"{tuple(g.shape)}, dtype {g.dtype}, device {g.device}; expected "
                         f"{tuple(v.shape)}, {b.dtype}, {b.device}")
-                if (in_place and g.numel() >= _IN_PLACE_MIN and g.is_contiguous()
-                        and not g.is_neg()):
-                    has.append(g)           # big: its own kernel call, no copy
-                    continue
+                if in_place and g.is_contiguous() and not g.is_neg():
+                    if gather and g.numel() < _GRADLIST_MAX:
+                        has.append(_JOIN)   # read where it is, in its run's call
+                        gathered = True
+                        continue
+                    if g.numel() >= _IN_PLACE_MIN:
+                        has.append(g)       # big: its own kernel call, no copy
+                        continue
                 copies.append((i, g))       # small or strided: copied into the flat slot
             has.append(True)
+        if gathered:
+            return b, rec, readopt, copies, self._gathered_runs(b, hp, grads, has)
         if copies and in_place:
             # a small gradient that would be a run of its own anyway (no neighbour in the
             # flat buffer: a bias between big weights, a bucket of one) is read in place
@@ -282,16 +304,7 @@ class _StepMixin:
             copies = keep
         # runs: consecutive parameters whose gradients are in the flat buffer and that
         # share the step-dependent scalars; a gradient used in place is a run of its own
-        if b.uniform:                     # every parameter at the same step (and mu)
-            keys = None
-        elif self._needs_mu:
-            keys = list(zip(b.steps.tolist(), b.mu.tolist()))
-        elif self._needs_step:
-            keys = b.steps.tolist()
-        elif self._needs_first and hp["momentum"] != 0:
-            keys = (b.steps > 0).tolist()
-        else:
-            keys = None
+        keys = self._run_keys(b, hp)
         runs = []
         n = len(params)
         i = 0
@@ -367,6 +380,8 @@ class _StepMixin:
             sc = self._scalars_of(b, hp, t, b.mu[0] if self._needs_mu and n else 1.0, {})
             if special:
                 self._call_x(b, names, sc[0], 0, b.offsets[-1], None)
+            elif type(g) is _GradList:  # the gradients read where they are, one call
+                self._call(b, kname, self._gradlist_arrays(b, arrays, 0, n, g), sc, True)
             else:
                 if g is not None:     # one parameter, its gradient read where it is
                     g = g.detach().reshape(-1) if b.cuda else _np_of(g).reshape(-1)
@@ -397,6 +412,9 @@ class _StepMixin:
                 lo, hi = offs[a], offs[z]
                 if type(g) is _SparseGrad:
                     self._sparse_call(b, hp, t, a, g)
+                elif type(g) is _GradList:
+                    self._call(b, kname, self._gradlist_arrays(b, arrays, a, z, g),
+                               self._scalars_of(b, hp, t, mu, memo), True)
                 elif special:
                     if g is not None:
                         g = b._host(g.detach().reshape(-1))
@@ -427,8 +445,10 @@ class _StepMixin:
                     self._populate(b, i)
             b.all_started = all(b.started)
 
-    def _call(self, b, kname, arrays, sc):
-        """One kernel call over ``arrays`` (a run of parameters sharing one step).
+    def _call(self, b, kname, arrays, sc, gradlist=False):
+        """One kernel call over ``arrays`` (a run of parameters sharing one step;
+        ``gradlist``: the kernel's gradient-list form, ``arrays`` from
+        :meth:`_gradlist_arrays`).
 
         On a backend with compiled entry points (numba), the kernel's entry point for
         these array types and this variant (serial or parallel, by the length) is
@@ -442,6 +462,8 @@ class _StepMixin:
         if n == 0:
             return
         fhp, k, scal = sc
+        if gradlist:
+            k = gradlist_name(k)
         if b.entry is not None:
             key = (k, n >= PARALLEL_THRESHOLD)
             f = b.entries.get(key)
