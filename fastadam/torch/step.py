@@ -4,7 +4,9 @@
 that runs ``step()`` and ``zero_grad()``.  Per bucket, ``_plan`` checks the
 gradients and moved parameters and splits the bucket into runs (consecutive
 parameters with a gradient in the flat buffer and one step count; a big foreign
-gradient is a run of its own, read where it is: :data:`_IN_PLACE_MIN`); then
+gradient is a run of its own, read where it is: :data:`_IN_PLACE_MIN`; in a plain
+step on the numba CPU kernels, fresh gradients join their run and are read where they
+are, :mod:`.gradlist`); then
 ``_execute`` puts moved parameters and small foreign gradients in place
 (``_prepare``, ``_copy_grads``), calls the kernels (``_run``, ``_call``) and
 writes back to engine-owned storage (``_finish``).  A step with unscaling,
@@ -22,8 +24,8 @@ from .. import _scalars, _threads
 from .._config import PARALLEL_THRESHOLD
 from .._scalars import gradlist_name
 from .buffers import _SCALES, _data_ptr, _view
-from .hparams import _Stale
 from .gradlist import _GRADLIST_MAX, _JOIN, _GradList, _GradListMixin
+from .hparams import _Stale
 from .sparse import _densify, _SparseGrad
 
 #: A gradient tensor that is not a view of the flat buffer (a fresh one from
