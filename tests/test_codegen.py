@@ -155,19 +155,32 @@ def test_parallel_sub_blocks_equal_the_serial_loop_bitwise(dtype):
     plain serial loop."""
     from fastadam.kernels import _blocked
     n = _blocked.MIN_BYTES // np.dtype(dtype).itemsize + _blocked.CHUNK + 77
-    rng = np.random.default_rng(3)
+    _compare_with_serial_loops(_arrays(n, dtype, 3), dtype,
+                               lambda name, arrays, s: cpu.get(name, True)(*arrays, *s))
+
+
+def _arrays(n, dtype, seed):
+    """Five arrays of ``n`` elements for a kernel: the third non-negative (a second
+    moment), the second (the gradient) with non-finite elements."""
+    rng = np.random.default_rng(seed)
     base = [rng.standard_normal(n).astype(dtype) for _ in range(5)]
     base[2] = np.abs(base[2])                    # a second moment / square average
     base[1][[5, n // 2, n - 1]] = [np.nan, np.inf, -np.inf]
+    return base
+
+
+def _compare_with_serial_loops(base, dtype, run):
+    """For every kernel, two steps of ``run(name, arrays, scalars)`` on copies of
+    ``base`` give the bits of two steps of the plain serial loop."""
     for name in cpu.KERNEL_NAMES:
         na = 2 + len(_scalars.KERNEL_STATES[name])
         s = _kernel_scalars(name, dtype)
-        par = [a.copy() for a in base[:na]]
-        ser = [a.copy() for a in base[:na]]
+        got = [a.copy() for a in base[:na]]
+        ref = [a.copy() for a in base[:na]]
         for _ in range(2):
-            cpu.get(name, True)(*par, *s)
-            cpu.get(name, False)(*ser, *s)
-        for k, (a, b) in enumerate(zip(par, ser)):
+            run(name, got, s)
+            cpu.get(name, False)(*ref, *s)
+        for k, (a, b) in enumerate(zip(got, ref)):
             assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")), \
                 f"{name}: array {k}"
 
@@ -181,25 +194,14 @@ def test_gradient_list_form_equals_the_plain_loop_bitwise(dtype, parallel):
     over the gradients concatenated."""
     from fastadam.kernels import _blocked
     sizes = [3, 0, _blocked.CHUNK - 1, 1, 0, 2 * _blocked.CHUNK + 5, 77, _blocked.CHUNK]
-    n = sum(sizes)
-    rng = np.random.default_rng(5)
-    base = [rng.standard_normal(n).astype(dtype) for _ in range(5)]
-    base[2] = np.abs(base[2])
-    base[1][[5, n // 2, n - 1]] = [np.nan, np.inf, -np.inf]
+    base = _arrays(sum(sizes), dtype, 5)
     goff = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     grads = [base[1][a:b].copy() for a, b in zip(goff[:-1], goff[1:])]   # apart
     gaddr = np.array([g.ctypes.data for g in grads], dtype=np.int64)
-    for name in cpu.KERNEL_NAMES:
-        na = 2 + len(_scalars.KERNEL_STATES[name])
-        s = _kernel_scalars(name, dtype)
-        got = [a.copy() for a in base[:na]]
-        ref = [a.copy() for a in base[:na]]
-        for _ in range(2):
-            cpu.get(cpu.gradlist_name(name), parallel)(got[0], gaddr, goff, *got[2:], *s)
-            cpu.get(name, False)(*ref, *s)
-        for k, (a, b) in enumerate(zip(got, ref)):
-            assert np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")), \
-                f"{name}: array {k}"
+
+    def run(name, arrays, s):
+        cpu.get(cpu.gradlist_name(name), parallel)(arrays[0], gaddr, goff, *arrays[2:], *s)
+    _compare_with_serial_loops(base, dtype, run)
 
 
 def test_clamped_float32_adam_sub_blocks_equal_the_serial_loop_bitwise():

@@ -4,7 +4,7 @@ in one kernel call that reads each gradient where it is.
 After torch's default ``zero_grad()`` (``set_to_none=True``) each backward makes fresh
 gradient tensors, apart from fastadam's flat gradient buffer.  In a plain step (no
 unscaling, clipping or skipping) of a bucket on the numba CPU kernels with plain float
-state, :meth:`_GradListMixin._gathered_runs` joins the parameters whose fresh gradients
+state, :meth:`_GradListMixin._runs` joins the parameters whose fresh gradients
 are contiguous, of the bucket's dtype and the parameter's shape (checked by
 ``_plan`` first) and smaller than :data:`_GRADLIST_MAX` with their neighbours whose
 gradients are in the flat buffer, into runs of one call each: the kernel's
@@ -44,7 +44,8 @@ class _GradList(list):
 
 
 class _GradListMixin:
-    """The gradient-list runs of :class:`~fastadam.torch.base.FlatOptimizer`'s step."""
+    """The runs of :class:`~fastadam.torch.base.FlatOptimizer`'s step, gradient lists
+    included."""
 
     def _gradlist_ok(self, b):
         """Whether bucket ``b``'s kernels take a gradient list (numba CPU, plain float
@@ -65,15 +66,16 @@ class _GradListMixin:
             return (b.steps > 0).tolist()
         return None
 
-    def _gathered_runs(self, b, hp, grads, has):
-        """The runs of a plain step in which some gradients are read where they are
-        (``has[i] is _JOIN``): consecutive parameters whose gradients are in the flat
-        buffer or joinable and that share the step-dependent scalars make one run, a
-        :class:`_GradList` of their gradients (None for one in the flat buffer) when
-        any is not in the flat buffer; a big or sparse gradient is a run of its own."""
+    def _runs(self, b, hp, grads, has):
+        """The runs of a step, from ``has`` (per parameter: None, no gradient; True, in
+        the flat buffer; :data:`_JOIN`, read where it is in its run's call; else a
+        gradient used in a call of its own, a big or a sparse one): consecutive
+        parameters whose gradients are in the flat buffer or joined and that share the
+        step-dependent scalars make one run, with a :class:`_GradList` of their
+        gradients (None for one in the flat buffer) when any is joined."""
         keys = self._run_keys(b, hp)
         n = len(has)
-        if keys is None and all(h is _JOIN for h in has):     # the common case: one call
+        if n and keys is None and all(h is _JOIN for h in has):   # all fresh: one call
             runs = [(0, n, _GradList(grads) if n > 1 else grads[0])]
             if self._needs_mu:
                 self._check_mu(hp, int(b.steps[0]) + 1, float(b.mu[0]))

@@ -255,7 +255,7 @@ class _StepMixin(_GradListMixin):
         has = []          # per parameter: None (no grad), True (in the flat buffer), or the
         dtype, cuda = b.dtype, b.cuda                         # grad tensor used in place
         in_place = b.sdt != "int8"          # int8: runs must be whole blocks
-        # (or _JOIN: read in place in a gradient-list call, see _gathered_runs)
+        # (or _JOIN: read in place in a gradient-list call, see .gradlist)
         gather = plain and self._gradlist_ok(b)
         gathered = False
         strided = torch.strided
@@ -289,9 +289,7 @@ class _StepMixin(_GradListMixin):
                         continue
                 copies.append((i, g))       # small or strided: copied into the flat slot
             has.append(True)
-        if gathered:
-            return b, rec, readopt, copies, self._gathered_runs(b, hp, grads, has)
-        if copies and in_place:
+        if copies and in_place and not gathered:
             # a small gradient that would be a run of its own anyway (no neighbour in the
             # flat buffer: a bias between big weights, a bucket of one) is read in place
             # too: no copy, and the flat gradient's memory is not touched
@@ -304,34 +302,7 @@ class _StepMixin(_GradListMixin):
                 else:
                     keep.append((i, g))
             copies = keep
-        # runs: consecutive parameters whose gradients are in the flat buffer and that
-        # share the step-dependent scalars; a gradient used in place is a run of its own
-        keys = self._run_keys(b, hp)
-        runs = []
-        n = len(params)
-        i = 0
-        while i < n:
-            h = has[i]
-            if h is None:
-                i += 1
-                continue
-            j = i + 1
-            if h is not True:
-                runs.append((i, j, h))
-                i = j
-                continue
-            if keys is None:
-                while j < n and has[j] is True:
-                    j += 1
-            else:
-                k = keys[i]
-                while j < n and has[j] is True and keys[j] == k:
-                    j += 1
-            runs.append((i, j, None))
-            i = j
-        if self._needs_mu:
-            for a, _, _ in runs:
-                self._check_mu(hp, int(b.steps[a]) + 1, float(b.mu[a]))
+        runs = self._runs(b, hp, grads, has)
         return b, rec, readopt, copies, runs
 
     def _execute(self, b, rec, readopt, copies, runs):
