@@ -108,9 +108,10 @@ def test_fresh_gradients_give_the_bits_of_bound_ones(name, kw, dtype, monkeypatc
 @pytest.mark.parametrize("name,kw", [CASES[0], CASES[4], CASES[5]])
 def test_mixed_gradients_in_one_run(name, kw, monkeypatch):
     """Bound, fresh, None, strided (copied into the flat buffer, then read there) and
-    negative-bit (copied) gradients side by side; a big gradient (here: over a lowered
-    _GRADLIST_MAX) is a call of its own."""
-    monkeypatch.setattr(S, "_GRADLIST_MAX", 200)
+    negative-bit (copied) gradients side by side; a big gradient (here: over lowered
+    limits, _GRADLIST_MAX_BYTES and _IN_PLACE_MIN) is a call of its own."""
+    monkeypatch.setattr(S, "_GRADLIST_MAX_BYTES", 200 * 4)
+    monkeypatch.setattr(S, "_IN_PLACE_MIN", 200)
     spy = _Spy(monkeypatch)
     a, oa, b, ob = _pair(name, kw, torch.float32)
     for k in range(4):
@@ -125,7 +126,7 @@ def test_mixed_gradients_in_one_run(name, kw, monkeypatch):
             elif i == 5 and k % 2:                # a fresh one with the negative bit set
                 p.grad = torch._neg_view(-g)      # (a lazy negation: copied, not read)
                 assert p.grad.is_neg()
-            elif i in (1, 2, 6):                  # fresh ones (6: 256 > 200, alone)
+            elif i in (1, 2, 6):                  # fresh ones (6: 256 > 200, its own call)
                 p.grad = g.clone()
             elif p.grad is None:
                 p.grad = g.clone()

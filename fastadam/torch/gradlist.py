@@ -6,7 +6,7 @@ gradient tensors, apart from fastadam's flat gradient buffer.  In a plain step (
 unscaling, clipping or skipping) of a bucket on the numba CPU kernels with plain float
 state, :meth:`_GradListMixin._runs` joins the parameters whose fresh gradients
 are contiguous, of the bucket's dtype and the parameter's shape (checked by
-``_plan`` first) and smaller than :data:`_GRADLIST_MAX` with their neighbours whose
+``_plan`` first) and smaller than :data:`_GRADLIST_MAX_BYTES` with their neighbours whose
 gradients are in the flat buffer, into runs of one call each: the kernel's
 gradient-list form (:func:`fastadam._scalars.gradlist_name`) gets the flat arrays'
 slices and, for the gradient, each tensor's address and offset in the run
@@ -26,10 +26,11 @@ import numpy as np
 
 from .buffers import _data_ptr
 
-#: Gradients of at least this many elements are not joined into a gradient-list call
+#: Gradients of at least this many bytes are not joined into a gradient-list call
 #: (:class:`_GradList`): each is a call of its own, where the parallel kernels run in
-#: prefetched sub-blocks (:data:`fastadam.kernels._blocked.MIN_BYTES`).
-_GRADLIST_MAX = 1 << 21
+#: prefetched sub-blocks (from :data:`fastadam.kernels._blocked.MIN_BYTES`, the same
+#: 8 MiB; not imported from there, which would import numba with fastadam.torch).
+_GRADLIST_MAX_BYTES = 8 << 20
 #: ``_plan``'s mark of a gradient to read where it is, in its run's gradient-list call.
 _JOIN = object()
 

@@ -24,7 +24,7 @@ from .. import _scalars, _threads
 from .._config import PARALLEL_THRESHOLD
 from .._scalars import gradlist_name
 from .buffers import _SCALES, _data_ptr, _view
-from .gradlist import _GRADLIST_MAX, _JOIN, _GradList, _GradListMixin
+from .gradlist import _GRADLIST_MAX_BYTES, _JOIN, _GradList, _GradListMixin
 from .hparams import _Stale
 from .sparse import _densify, _SparseGrad
 
@@ -257,6 +257,7 @@ class _StepMixin(_GradListMixin):
         in_place = b.sdt != "int8"          # int8: runs must be whole blocks
         # (or _JOIN: read in place in a gradient-list call, see .gradlist)
         gather = plain and self._gradlist_ok(b)
+        gmax = _GRADLIST_MAX_BYTES // b.np_dtype.itemsize
         gathered = False
         strided = torch.strided
         for i, (g, v) in enumerate(zip(grads, b.gviews)):
@@ -280,7 +281,7 @@ class _StepMixin(_GradListMixin):
                         f"{tuple(g.shape)}, dtype {g.dtype}, device {g.device}; expected "
                         f"{tuple(v.shape)}, {b.dtype}, {b.device}")
                 if in_place and g.is_contiguous() and not g.is_neg():
-                    if gather and g.numel() < _GRADLIST_MAX:
+                    if gather and g.numel() < gmax:
                         has.append(_JOIN)   # read where it is, in its run's call
                         gathered = True
                         continue
