@@ -290,11 +290,29 @@ def k_log8_encode(typingctx, x):
 
     def codegen(context, b, sig, args):
         u = b.and_(b.bitcast(args[0], _I32), _c(0x7FFFFFFF))
-        t = b.lshr(b.add(b.add(u, _c(0x3FFFF)), b.and_(b.lshr(u, _c(19)), _c(1))), _c(19))
-        t = b.sub(t, _c(1792))
+        t = b.sub(b.lshr(b.add(u, _c(0x40000)), _c(19)), _c(1792))
         t = b.select(b.icmp_signed("<", t, _c(1)), _c(1), t)
         t = b.select(b.icmp_signed(">", t, _c(240)), _c(240), t)
         t = b.select(b.icmp_unsigned("==", u, _c(0)), _c(0), t)
+        return b.trunc(t, ir.IntType(8))
+    return nbt.uint8(nbt.float32), codegen
+
+
+@intrinsic
+def k_log8_encode_finite(typingctx, x):
+    """k_log8_encode for ``x`` in ``[-0, 1 + 2**-22]`` (a block with a finite scale and a
+    finite factor ``1 / absmax``: ``0 <= v <= absmax``): the rebased rounded bits
+    ``(u + 0x40000 - (1792 << 19)) >> 19`` as one add and an arithmetic shift, raised to
+    the smallest code 1, and 0 where ``x`` is +-0 (one masked test); no clamp at 240
+    (``x <= 1 + 2**-22`` rounds to at most code 240)."""
+    if x != nbt.float32:
+        return None
+
+    def codegen(context, b, sig, args):
+        u = b.bitcast(args[0], _I32)
+        t = b.ashr(b.add(u, _c(0x40000 - (1792 << 19))), _c(19))
+        t = b.select(b.icmp_signed("<", t, _c(1)), _c(1), t)
+        t = b.select(b.icmp_unsigned("==", b.and_(u, _c(0x7FFFFFFF)), _c(0)), _c(0), t)
         return b.trunc(t, ir.IntType(8))
     return nbt.uint8(nbt.float32), codegen
 
@@ -480,12 +498,12 @@ def adam_int8(p, g, mq, ms, vq, vs, nwork, gscale, clip, qmax, s0, s1, s2, s3, s
             # factor 0 and codes 0 (a NaN scale decodes as NaN).
             minv = qmax / mabs if mabs > zero else zero
             vinv = one / vmax if vmax > zero else zero
-            if mabs <= fmax and minv <= fmax:
-                # finite scale and factor: |m * minv| <= 127 (1 + 2**-23), no NaN,
-                # so lin8_encode is one rounding conversion
+            if mabs <= fmax and minv <= fmax and vmax <= fmax and vinv <= fmax:
+                # finite scales and factors: |m * minv| <= 127 (1 + 2**-23), no NaN,
+                # so lin8_encode is one rounding conversion; 0 <= v * vinv <= 1 + 2**-22
                 for i in range(mb.shape[0]):
                     mb[i] = k_lin8_encode_finite(buf[i] * minv)
-                    vb[i] = k_log8_encode(buf[i + INT8_BLOCK] * vinv)
+                    vb[i] = k_log8_encode_finite(buf[i + INT8_BLOCK] * vinv)
             else:
                 for i in range(mb.shape[0]):
                     mb[i] = k_lin8_encode(buf[i] * minv)
