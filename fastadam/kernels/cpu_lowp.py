@@ -100,6 +100,7 @@ _SUMSQ_BLOCKS = 16
 #: Software-prefetch distance of the gradient-norm pass, in elements.
 _PREFETCH = 4096
 _F32_MAX_BITS = np.uint32(0x7F7FFFFF)
+_SIGN_BIT = np.uint32(0x80000000)
 #: float32 constants (numba freezes globals: LLVM folds ``g * 1`` and ``if 0``)
 _ONE = np.float32(1)
 _ZERO = np.float32(0)
@@ -346,6 +347,21 @@ def k_absbits_max(typingctx, a, x):
     return nbt.uint32(nbt.uint32, nbt.float32), codegen
 
 
+@intrinsic
+def k_bits_max(typingctx, a, x):
+    """``max(a, bits(x))`` in uint32: :func:`k_absbits_max` without the ``abs``, for the
+    second moment, which is ``>= +0`` or NaN: its running max equals the ``absbits`` max
+    unless it ends ``>= 0x80000000`` (a NaN or -0 with the sign bit; the int8 kernel then
+    recomputes that block's max with :func:`k_absbits_max`)."""
+    if a != nbt.uint32 or x != nbt.float32:
+        return None
+
+    def codegen(context, b, sig, args):
+        u = b.bitcast(args[1], _I32)
+        return b.select(b.icmp_unsigned(">=", args[0], u), args[0], u)
+    return nbt.uint32(nbt.uint32, nbt.float32), codegen
+
+
 def _inline(f):
     return numba.njit(inline="always", fastmath=FASTMATH, cache=False)(f)
 
@@ -439,7 +455,7 @@ def _int8_pass1(pb, gb, mb, vb, bb, mstep, vsc, am, av, gscale, clip, s0, s1, s2
         bb[i] = mi
         bb[i + INT8_BLOCK] = vi
         am = k_absbits_max(am, mi)
-        av = k_absbits_max(av, vi)
+        av = k_bits_max(av, vi)
     return am, av
 
 
@@ -490,6 +506,12 @@ def adam_int8(p, g, mq, ms, vq, vs, nwork, gscale, clip, qmax, s0, s1, s2, s3, s
                 else:
                     am, av = _int8_pass1(pb, gb, mb, vb, bb, mstep, vsc, am, av, gscale,
                                          clip, s0, s1, s2, s3, s4, s5, s6, s7, s8, False)
+            if av >= _SIGN_BIT:
+                # a sign bit among the new v (a NaN of either sign; v is otherwise >= +0):
+                # the block's max of absbits, as codecs.absbits / bigger_bits define it
+                av = np.uint32(0)
+                for i in range(hi - lo):
+                    av = k_absbits_max(av, buf[i + INT8_BLOCK])
             mb = mq[lo:hi]
             vb = vq[lo:hi]
             mabs = bits_f32(am)
