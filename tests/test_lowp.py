@@ -9,6 +9,7 @@ import fastadam
 import fastadam.functional as F
 from cases import NoBind, assert_same_optimizer
 from fastadam import lowp
+from fastadam.rules import codecs as C
 
 pytest.importorskip("numba")
 
@@ -128,6 +129,31 @@ def test_nonfinite_gradient_propagates_like_float32():
         _step(p, g, st, sd, 1, "numba")
         assert np.isnan(p[5]) and np.isfinite(p[300:]).all()
         assert np.isnan(lowp.decode_state(sd, st)["exp_avg"][5])
+
+
+def test_int8_nan_block_scale_is_absmax_bits():
+    """A block whose new exp_avg_sq holds a NaN with the sign bit set (from a NaN gradient:
+    the moment takes its payload) gets codecs.absbits of it as its scale (the kernel keeps
+    the payload; NumPy's encoder may not), as a block with a positive NaN does; blocks
+    without NaNs get NumPy's scale."""
+    n = 4 * 256 + 9
+    st = lowp.new_state("int8", n)
+    p = np.ones(n, np.float32)
+    g = np.linspace(-1, 1, n).astype(np.float32)
+    bits = g.view(np.uint32)
+    bits[5] = 0xFFC01234            # a negative quiet NaN with a payload
+    bits[300] = 0x7FC00042          # a positive one
+    bits[600] = 0xFFC00000          # x86's default NaN, negative
+    ref = {k: a.copy() for k, a in st.items()}
+    p_ref = p.copy()
+    _step(p, g, st, "int8", 1, "numba")
+    _step(p_ref, g, ref, "int8", 1, "numpy")
+    got = st["exp_avg_sq_scale"].view(np.uint32)
+    want = ref["exp_avg_sq_scale"].view(np.uint32)
+    assert [int(b) for b in got[:3]] == [C.absbits(int(bits[i])) for i in (5, 300, 600)]
+    assert np.all(np.isnan(ref["exp_avg_sq_scale"][:3]))
+    np.testing.assert_array_equal(got[3:], want[3:])
+    assert np.all(got[3:] < 0x7F800000)
 
 
 # --- training the seed's model -----------------------------------------------------

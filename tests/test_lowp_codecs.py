@@ -195,6 +195,44 @@ def test_log8_relative_error_and_floor():
     assert np.all(d2[1:3] >= tiny[1:3]) and d2[3] == 0
 
 
+def test_log8_nearest_ties_up():
+    """A value exactly between two codes takes the larger (codecs.log8_encode: nearest,
+    ties up), in the specification, NumPy's encoder and the kernels' two intrinsics; one
+    float32 step either side of the tie goes to the nearer code."""
+    table = [0.0] + [2.0 ** ((c >> 4) - 15) * (1 + (c & 15) / 16) for c in range(1, 241)]
+    mids, below, above, want = [], [], [], []
+    for c in range(1, 240):
+        mid = (table[c] + table[c + 1]) / 2            # exact in float32 (5 mantissa bits)
+        assert float(np.float32(mid)) == mid
+        mids.append(mid)
+        below.append(np.nextafter(np.float32(mid), np.float32(0)))
+        above.append(np.nextafter(np.float32(mid), np.float32(2)))
+        want.append(c + 1)
+    x = np.array(mids + below + above, np.float32)
+    want = np.array(want + [w - 1 for w in want] + want)
+    assert [C.log8_encode(_bits(v)) for v in x] == want.tolist()
+    blocks = np.ones((x.size, 256), np.float32)          # one block each, absmax 1
+    blocks[:, 0] = x
+    codes, scale = lowp.log8_encode(blocks.reshape(-1))
+    assert np.all(scale == 1)
+    np.testing.assert_array_equal(codes.reshape(-1, 256)[:, 0], want)
+    numba = pytest.importorskip("numba")
+    from fastadam.kernels import cpu_lowp as K
+
+    @numba.njit
+    def run(x):
+        a = np.empty(x.shape[0], np.uint8)
+        b = np.empty(x.shape[0], np.uint8)
+        for i in range(x.shape[0]):
+            a[i] = K.k_log8_encode(x[i])
+            b[i] = K.k_log8_encode_finite(x[i])
+        return a, b
+
+    a, b = run(x)
+    np.testing.assert_array_equal(a, want)
+    np.testing.assert_array_equal(b, want)
+
+
 def test_lin8_code():
     rng = np.random.default_rng(2)
     m = rng.standard_normal(3 * 256 + 7).astype(np.float32) * np.repeat(
@@ -248,7 +286,8 @@ def test_kernel_intrinsics_match_codecs():
     from fastadam.kernels import cpu_lowp as K
 
     @numba.njit
-    def run(x, h, q, y):
+    def run(x, h, q, y, f):
+        f8 = np.empty(f.shape[0], np.uint8)
         e16 = np.empty(x.shape[0], np.uint16)
         s16 = np.empty(x.shape[0], np.uint16)
         sh16 = np.empty(x.shape[0], np.uint16)
@@ -265,11 +304,13 @@ def test_kernel_intrinsics_match_codecs():
             mx = K.k_absbits_max(mx, x[i])
         for i in range(y.shape[0]):
             l8[i] = K.k_lin8_encode(y[i])
+        for i in range(f.shape[0]):
+            f8[i] = K.k_log8_encode_finite(f[i])
         for i in range(h.shape[0]):
             d16[i] = K.k_bf16_decode(h[i])
         for i in range(q.shape[0]):
             d8[i] = K.k_log8_decode(q[i])
-        return e16, s16, sh16, e8, l8, d16, d8, mx
+        return e16, s16, sh16, e8, l8, d16, d8, mx, f8
 
     rng = np.random.default_rng(7)
     bits = rng.integers(0, 1 << 32, 4000, dtype=np.uint64).astype(np.uint32)
@@ -279,7 +320,19 @@ def test_kernel_intrinsics_match_codecs():
                         rng.uniform(-130, 130, 2000)]).astype(np.float32)
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     q = np.arange(256, dtype=np.uint16).astype(np.uint8)
-    e16, s16, sh16, e8, l8, d16, d8, mx = run(x, h, q, y)
+    # the finite-scale encoder's domain, [-0, 1 + 2**-22]: every code's value and the
+    # float32 values around it, denormals, zeros, random values
+    table = np.array([0.0] + [2.0 ** ((c >> 4) - 15) * (1 + (c & 15) / 16)
+                              for c in range(1, 241)], np.float32)
+    tb = table.view(np.uint32).astype(np.int64)
+    near = (tb[:, None] + np.arange(-3, 4)[None, :]).reshape(-1)
+    near = near[(near >= 0) & (near <= 0x3F800002)].astype(np.uint32).view(np.float32)
+    f = np.concatenate([near, [0.0, -0.0, 1e-45, 1e-40, 2.0 ** -126, 2.0 ** -15, 1.0],
+                        (rng.integers(0, 0x3F800003, 4000, dtype=np.int64)
+                         .astype(np.uint32).view(np.float32)),
+                        rng.uniform(0, 1, 2000)]).astype(np.float32)
+    e16, s16, sh16, e8, l8, d16, d8, mx, f8 = run(x, h, q, y, f)
+    np.testing.assert_array_equal(f8, [C.log8_encode(b) for b in f.view(np.uint32).tolist()])
     xb = [int(b) for b in x.view(np.uint32)]      # exact bits, NaN payloads included
     np.testing.assert_array_equal(e16, [C.bf16_encode(b) for b in xb])
     np.testing.assert_array_equal(s16, [C.bf16_encode_sr(b, C.sr_bits(i, 0xDEADBEEF))

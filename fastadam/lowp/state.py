@@ -133,10 +133,10 @@ def log8_encode(v):
         inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1),
                        np.float32(0)).astype(np.float32)
         x = np.abs(v * np.repeat(inv, INT8_BLOCK)[:v.shape[0]]).astype(np.float32)
-    # x in [0, 1]: write it with its mantissa rounded to 4 bits (ties to even),
+    # x in [0, 1]: write it with its mantissa rounded to 4 bits (nearest, ties up),
     # then read exponent e and mantissa f: x ~ 2**(e-127) * (1 + f/16)
     u = x.view(np.uint32).astype(np.int64)
-    r = (u + 0x3FFFF + ((u >> 19) & 1)) >> 19          # = e * 16 + f
+    r = (u + 0x40000) >> 19                             # = e * 16 + f
     code = np.clip(r - (112 << 4), 1, 240)              # e = 112 is 2**-15
     code = np.where(np.isnan(x), 240, code)
     code = np.where(x == 0, 0, code)

@@ -36,7 +36,10 @@ int8 linear code (first moment ``exp_avg``)
     stored as a tiny float with 4 exponent and 4 mantissa bits (uint8):
     code 0 is 0, codes 1..240 are ``x = 2**(e - 15) * (1 + f / 16)`` with
     ``e = code >> 4``, ``f = code & 15`` (code 240 is ``x = 1``).  The
-    mantissa is rounded to nearest, ties to even, so the relative error of a
+    mantissa is rounded to nearest, ties up (a tie, which needs the 19 dropped bits
+    of ``x`` to be exactly ``0x40000``, goes to the larger code: one add and a
+    shift, where ties to even take three more integer operations per element in
+    the kernels' 512-bit loops), so the relative error of a
     stored ``v`` is <= 2**-5 (and of ``sqrt(v)``, what Adam divides by,
     <= 2**-6 roughly); values below ``absmax * 2**-15 * (1 + 1/16)``
     are stored as that smallest code, never as 0, so a small but non-zero
@@ -130,7 +133,7 @@ def log8_encode(bits):
     bits = bits & 0x7FFFFFFF                 # -0.0 is 0
     if bits == 0:
         return 0
-    t = ((bits + 0x3FFFF + ((bits >> 19) & 1)) >> 19) - 1792   # (127 - 15) << 4
+    t = ((bits + 0x40000) >> 19) - 1792      # nearest, ties up; (127 - 15) << 4
     if t < 1:
         return 1
     if t > 240:
