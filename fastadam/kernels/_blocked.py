@@ -19,7 +19,10 @@ kernel's parameter list; the kernel modules keep their plain loops for the
 serial variant and hand this one to :class:`._variants.KernelVariants` for the
 parallel one.  The generated code is compiled under the kernel module's file
 name (numba caches only functions with a source file; line numbers in error
-messages refer to the template, see ``.source`` on the function).  :data:`HASH`
+messages refer to the template, see ``.source`` on the function).
+:func:`gradlist_loop` writes, from the same kernel, its *gradient-list form*: the
+gradient given as a list of contiguous arrays by address (fastadam.torch's fresh
+gradients, read where autograd left them).  :data:`HASH`
 keys the numba cache of generated loops (this file's source: numba only
 watches the file that holds a loop).
 """
