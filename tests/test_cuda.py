@@ -15,18 +15,14 @@ import sys
 
 import numpy as np
 import pytest
+import skips
 
 import fastadam
 import fastadam.functional as F
 from cases import CASES, DEFAULT_CASES, functional_step, make_state, problem
 from fastadam import _backends
 
-try:
-    cuda_backend = _backends.get_backend("cuda")
-except _backends.BackendUnavailableError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        raise  # the simulator always works: its absence is a failure, not a skip
-    pytest.skip(f"cuda backend unavailable: {e}", allow_module_level=True)
+cuda_backend = skips.cuda_backend()
 
 from numba import cuda  # noqa: E402
 

@@ -10,19 +10,13 @@ exposing only ``__cuda_array_interface__`` (as torch CUDA tensors do), the latte
 over host memory under the simulator, so the update is seen in place.
 """
 
-import os
 
 import numpy as np
 import pytest
+import skips
 
-from fastadam import _backends
 
-try:
-    _backends.get_backend("cuda")
-except _backends.BackendUnavailableError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        raise  # the simulator always works: its absence is a failure, not a skip
-    pytest.skip(f"cuda backend unavailable: {e}", allow_module_level=True)
+skips.cuda_backend()
 
 from numba import cuda  # noqa: E402
 

@@ -11,23 +11,18 @@ results are checked against NumPy / the numba CPU kernels.
 
 import contextlib
 import math
-import os
 import sys
 import types
 import warnings
 
 import numpy as np
 import pytest
+import skips
 
 import fastadam.functional as F
-from fastadam import _backends, _scalars, lowp
+from fastadam import _scalars, lowp
 
-try:
-    cuda_backend = _backends.get_backend("cuda")
-except _backends.BackendUnavailableError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        raise
-    pytest.skip(f"cuda backend unavailable: {e}", allow_module_level=True)
+cuda_backend = skips.cuda_backend()
 
 from fastadam.kernels import cuda as K  # noqa: E402
 from fastadam.kernels import cuda_lowp_launch as KLL  # noqa: E402

@@ -9,21 +9,16 @@ NVVM fuses multiply-adds, so the same checks hold within the float32 contract in
 16 and a grid of 3 blocks, so grid-stride remainders run; int8 blocks are 256 threads.
 """
 
-import os
 
 import numpy as np
 import pytest
+import skips
 
 import fastadam.functional as F
 from fastadam import _backends, lowp
 from fastadam.lowp import master
 
-try:
-    _backends.get_backend("cuda")
-except _backends.BackendUnavailableError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        raise
-    pytest.skip(f"cuda backend unavailable: {e}", allow_module_level=True)
+skips.cuda_backend()
 
 from numba import cuda  # noqa: E402
 

@@ -8,15 +8,12 @@ Adagrad run) and a small grid (so that a block strides over several rows).
 
 import numpy as np
 import pytest
+import skips
 
 import fastadam
 import fastadam.functional as F
-from fastadam import _backends
 
-try:
-    _backends.get_backend("cuda")
-except _backends.BackendUnavailableError as e:  # pragma: no cover - depends on the machine
-    pytest.skip(f"cuda backend unavailable: {e}", allow_module_level=True)
+skips.cuda_backend()
 
 from numba import cuda  # noqa: E402
 

@@ -18,17 +18,12 @@ from the same initial weights on the same batches (float32: rtol 1e-4; float64:
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
+import skips
 
-pytest.importorskip("torch")
-os.environ["KERAS_BACKEND"] = "torch"
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "torch":  # pragma: no cover - keras imported elsewhere first
-    pytest.skip(f"keras runs on {keras.backend.backend()!r}, not torch",
-                allow_module_level=True)
+keras = skips.keras_on_torch()
 
 import torch  # noqa: E402
 
@@ -38,12 +33,7 @@ from fastadam._errors import BackendUnavailableError  # noqa: E402
 from test_keras_fit import (BATCH, FIT_CASES, STEPS, case_id, data, floatx,  # noqa: E402,F401
                             max_rel, seed_model)
 
-try:
-    _backends.get_backend("cuda")
-except _backends.BackendUnavailableError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        raise
-    pytest.skip(f"cuda backend unavailable: {e}", allow_module_level=True)
+skips.cuda_backend()
 
 from fastadam.keras import _torch_views as tv  # noqa: E402
 from fastadam.keras import _transforms  # noqa: E402

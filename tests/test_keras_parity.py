@@ -18,17 +18,12 @@ Tolerances, over 25 steps of every case of ``KERAS_CASES``:
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
+import skips
 
-pytest.importorskip("torch")
-os.environ["KERAS_BACKEND"] = "torch"
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "torch":  # pragma: no cover - keras imported elsewhere first
-    pytest.skip(f"keras runs on {keras.backend.backend()!r}, not torch",
-                allow_module_level=True)
+keras = skips.keras_on_torch()
 
 import torch  # noqa: E402
 
