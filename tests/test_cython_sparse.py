@@ -26,8 +26,8 @@ if os.environ.get("FASTADAM_REQUIRE_CYTHON") != "1":  # CI sets it: then these m
 
 from fastadam import _config  # noqa: E402
 from fastadam._cython import backend as cb  # noqa: E402
-from test_sparse import (OPS, assert_close, index_batches, make_tables, patterns,  # noqa: E402
-                         run, step)
+from test_sparse import (OPS, assert_batches_match_reference, assert_close,  # noqa: E402
+                         index_batches, make_tables, patterns, run, step)
 
 try:
     import numba  # noqa: F401
@@ -59,10 +59,7 @@ def test_parallel_loop_matches_reference(op):
     rng = np.random.default_rng(5)
     batches = [(rng.zipf(1.1, 4096) - 1) % rows for _ in range(3)]
     assert 4096 * dim >= _config.PARALLEL_THRESHOLD      # the OpenMP loop runs
-    got = run(op, "cython", rows, dim, np.float64, batches)
-    want = run(op, "numpy", rows, dim, np.float64, batches)
-    for g, w in zip(got, want):
-        assert_close(g, w, np.float64)
+    assert_batches_match_reference("cython", (rows, dim, batches), op, np.float64)
 
 
 def test_untouched_rows_are_not_written():
@@ -83,11 +80,7 @@ def test_untouched_rows_are_not_written():
 @given(data=index_batches(), op=st.sampled_from(list(OPS)),
        dtype=st.sampled_from([np.float32, np.float64]))
 def test_hypothesis_index_patterns_match_reference(data, op, dtype):
-    rows, dim, batches = data
-    got = run(op, "cython", rows, dim, dtype, batches)
-    want = run(op, "numpy", rows, dim, dtype, batches)
-    for g, w in zip(got, want):
-        assert_close(g, w, dtype)
+    assert_batches_match_reference("cython", data, op, dtype)
 
 
 _THREADS_SCRIPT = textwrap.dedent("""

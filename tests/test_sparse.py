@@ -120,10 +120,7 @@ def test_parallel_variant_matches_reference(op):
     rows, dim = 3000, 32
     rng = np.random.default_rng(5)
     batches = [(rng.zipf(1.1, 4096) - 1) % rows for _ in range(3)]
-    got = run(op, "numba", rows, dim, np.float64, batches)
-    want = run(op, "numpy", rows, dim, np.float64, batches)
-    for g, w in zip(got, want):
-        assert_close(g, w, np.float64)
+    assert_batches_match_reference("numba", (rows, dim, batches), op, np.float64)
 
 
 def test_untouched_rows_are_not_written():
@@ -183,8 +180,14 @@ def index_batches(draw):
 @given(data=index_batches(), op=st.sampled_from(list(OPS)),
        dtype=st.sampled_from([np.float32, np.float64]))
 def test_hypothesis_index_patterns_match_reference(data, op, dtype):
+    assert_batches_match_reference("numba", data, op, dtype)
+
+
+def assert_batches_match_reference(backend, data, op, dtype):
+    """``backend``'s steps over the batches of ``index_batches()`` (``data``) equal the
+    NumPy reference's (test_cython_sparse runs it for the cython backend)."""
     rows, dim, batches = data
-    got = run(op, "numba", rows, dim, dtype, batches)
+    got = run(op, backend, rows, dim, dtype, batches)
     want = run(op, "numpy", rows, dim, dtype, batches)
     for g, w in zip(got, want):
         assert_close(g, w, dtype)
