@@ -100,6 +100,12 @@ def python_floats(dtype):
     return _PYTHON_FLOATS.get(dtype, PythonFloats)
 
 
+#: ``(dtype, w) -> lerp_weight(dtype, w)``: the weight depends on the hyperparameters
+#: only, not on the step, so it is computed once per (dtype, weight) (a dict lookup per
+#: step instead of a NumPy scalar's round trip); a bounded cache.
+_LERP = {}
+
+
 def lerp_weight(dtype, w):
     """The lerp weight ``w`` as the rules take it: torch's branch in its sign.
 
@@ -112,12 +118,18 @@ def lerp_weight(dtype, w):
     RMSprop's centered rules take the same value and tell the branch by ``lw == oma``
     instead, a test that holds for any ``w`` (torch accepts ``alpha > 1``).
     """
+    key = (dtype, w)
+    try:
+        return _LERP[key]
+    except (KeyError, TypeError):   # (TypeError: an unhashable dtype stand-in)
+        pass
     c = dtype.type
     f = getattr(dtype, "kernel_type", None) or c     # the kernel's type (PythonFloats*)
     wt = f(w)
-    if abs(float(wt)) < 0.5:
-        return c(wt)
-    return c(f(wt - f(1.0)))
+    r = c(wt) if abs(float(wt)) < 0.5 else c(f(wt - f(1.0)))
+    if type(w) is float and len(_LERP) < 256:
+        _LERP[key] = r
+    return r
 
 
 def _common(c, maximize, l2):

@@ -381,3 +381,23 @@ def test_repeated_calls_keep_torchs_lerp_weight(backend):
         opt.state[0]["float32"]["exp_avg"][...] = m
         opt.state[0]["float32"]["exp_avg_sq"][...] = v
         opt.params["w"][...] = p
+
+
+def test_lerp_weight_cache_is_per_dtype():
+    """``_scalars.lerp_weight`` caches its result per (dtype, weight): asked in float32,
+    float64 and for a bound kernel's Python floats, in any order, each gets the weight
+    rounded in its own type (torch's ``float32(w) - 1`` against float64's ``w - 1``)."""
+    from fastadam import _scalars
+    w = 1 - 0.4                                    # the second branch: w - 1
+    want32 = np.float32(np.float32(w) - np.float32(1.0))
+    want64 = np.float64(w) - 1.0
+    assert float(want32) != float(want64)
+    order = [np.dtype(np.float32), np.dtype(np.float64), _scalars.PythonFloats32,
+             _scalars.PythonFloats64]
+    for dts in (order, order[::-1]):
+        for dt in dts:
+            for _ in range(2):                     # computed, then from the cache
+                got = _scalars.lerp_weight(dt, w)
+                want = want32 if dt in (order[0], order[2]) else want64
+                assert float(got) == float(want), dt
+                assert type(got) is (float if dt in order[2:] else dt.type), dt

@@ -128,7 +128,8 @@ class _Bucket:
                  "grad", "views", "gviews", "ptrs", "state", "sviews", "steps_t", "steps",
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
                  "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared",
-                 "anchor", "probe", "noadopt", "gmap", "entry", "entries", "goffs")
+                 "anchor", "probe", "noadopt", "gmap", "entry", "entries", "goffs",
+                 "gradlist")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -205,9 +206,11 @@ class _Bucket:
         # compiled entry points (numba, CPU): (kernel, parallel) -> f(*arrays, *scalars)
         self.entry = None if self.cuda else getattr(backend, "entry", None)
         self.entries = {}
-        # gradient-list calls (fastadam.torch.step): (first, end parameter) -> the run's
-        # gradient offsets, from 0
+        # gradient-list calls (fastadam.torch.gradlist): (first, end parameter) -> the
+        # run's gradient offsets, from 0, and an array of its gradients' addresses
         self.goffs = {}
+        # whether the kernels take a gradient list (numba CPU, plain float state)
+        self.gradlist = self.entry is not None and state_dtype == "float32" and not self.fmt
         self.row_offsets = None
 
     def bind_grad(self):

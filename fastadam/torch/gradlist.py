@@ -23,6 +23,9 @@ alternating processes): 16 tensors of 4,096 elements with fresh gradients 71-96 
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_ as _is
+
 import numpy as np
 
 from .buffers import _data_ptr
@@ -49,12 +52,6 @@ class _GradListMixin:
     """The runs of :class:`~fastadam.torch.base.FlatOptimizer`'s step, gradient lists
     included."""
 
-    def _gradlist_ok(self, b):
-        """Whether bucket ``b``'s kernels take a gradient list (numba CPU, plain float
-        state, no transformation): see :func:`fastadam._scalars.gradlist_name`."""
-        return (b.entry is not None and b.sdt == "float32" and b.fmt is None
-                and self._xf is None)
-
     def _run_keys(self, b, hp):
         """Per parameter, what its run's step-dependent scalars depend on (the step
         count, mu, whether it has started), or None where one call may cover any run."""
@@ -75,9 +72,9 @@ class _GradListMixin:
         parameters whose gradients are in the flat buffer or joined and that share the
         step-dependent scalars make one run, with a :class:`_GradList` of their
         gradients (None for one in the flat buffer) when any is joined."""
-        keys = self._run_keys(b, hp)
+        keys = None if b.uniform else self._run_keys(b, hp)
         n = len(has)
-        if n and keys is None and all(h is _JOIN for h in has):   # all fresh: one call
+        if n and keys is None and all(map(_is, has, repeat(_JOIN, n))):  # all fresh: one call
             runs = [(0, n, _GradList(grads) if n > 1 else grads[0])]
             if self._needs_mu:
                 self._check_mu(hp, int(b.steps[0]) + 1, float(b.mu[0]))
@@ -116,16 +113,18 @@ class _GradListMixin:
         arrays' slices with the gradient replaced by ``gaddr, goff``."""
         o = b.offsets
         lo, hi = o[a], o[z]
-        goff = b.goffs.get((a, z))
-        if goff is None:
-            goff = b.goffs[(a, z)] = np.array(o[a:z + 1], dtype=np.int64) - lo
+        run = b.goffs.get((a, z))
+        if run is None:       # the run's offsets, and an address array it refills each step
+            run = b.goffs[(a, z)] = (np.array(o[a:z + 1], dtype=np.int64) - lo,
+                                     np.empty(z - a, dtype=np.int64))
+        goff, gaddr = run
         # (identity tests only: ``in`` would compare tensors with ==)
         if any(g is None for g in gl):
             base, size = b.grad.data_ptr(), b.grad.element_size()
-            gaddr = np.array([base + o[i] * size if g is None else g.data_ptr()
-                              for i, g in enumerate(gl, a)], dtype=np.int64)
+            gaddr[:] = [base + o[i] * size if g is None else g.data_ptr()
+                        for i, g in enumerate(gl, a)]
         else:
-            gaddr = np.array(list(map(_data_ptr, gl)), dtype=np.int64)
+            gaddr[:] = list(map(_data_ptr, gl))
         if lo == 0 and hi == arrays[0].shape[0]:
             return (arrays[0], gaddr, goff) + arrays[2:]
         return (arrays[0][lo:hi], gaddr, goff) + tuple(x[lo:hi] for x in arrays[2:])

@@ -125,10 +125,15 @@ class _HparamsMixin:
 
     def _scalars_of(self, b, hp, t, mu, memo):
         """(full hyperparameters, kernel name, scalars) of a call at step ``t``, memoized."""
-        key = (t, float(mu))
+        key = (t, mu)
         r = memo.get(key)
         if r is None:
-            fhp = self._full(hp, t, float(mu))
+            if self._needs_mu:               # (_full, inline: this runs every step)
+                fhp = dict(hp, step=t, mu_product=float(mu))
+            elif self._needs_step:
+                fhp = dict(hp, step=t)
+            else:
+                fhp = self._full(hp, t, mu)
             if b.entry is not None:      # the entry point rounds Python floats itself
                 k, scal = self._scalar(_scalars.python_floats(b.np_dtype), **fhp)
             elif b.run is not None:

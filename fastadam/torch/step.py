@@ -34,6 +34,9 @@ from .sparse import _densify, _SparseGrad
 #: copied into the flat buffer, where they join their neighbours' call.
 _IN_PLACE_MIN = 16384
 
+#: kernel name -> the name of its gradient-list form (a string made once)
+_GRADLIST_NAMES = {}
+
 _is = operator.is_
 _grad_of = operator.attrgetter("grad")
 
@@ -256,7 +259,7 @@ class _StepMixin(_GradListMixin):
         dtype, cuda = b.dtype, b.cuda                         # grad tensor used in place
         in_place = b.sdt != "int8"          # int8: runs must be whole blocks
         # (or _JOIN: read in place in a gradient-list call, see .gradlist)
-        gather = plain and self._gradlist_ok(b)
+        gather = plain and b.gradlist       # (plain: no transformation, _xf is None)
         gmax = _GRADLIST_MAX_BYTES // b.np_dtype.itemsize
         gathered = False
         strided = torch.strided
@@ -307,6 +310,11 @@ class _StepMixin(_GradListMixin):
         return b, rec, readopt, copies, runs
 
     def _execute(self, b, rec, readopt, copies, runs):
+        if not readopt and not copies:  # nothing to put in place, nothing to copy back
+            if runs:
+                hp, kname, names, advances = rec
+                self._run(b, kname, names, hp, advances, runs)
+            return
         back = self._prepare(b, rec, readopt, copies, runs)
         if runs:
             hp, kname, names, advances = rec
@@ -437,7 +445,7 @@ class _StepMixin(_GradListMixin):
             return
         fhp, k, scal = sc
         if gradlist:
-            k = gradlist_name(k)
+            k = _GRADLIST_NAMES.get(k) or _GRADLIST_NAMES.setdefault(k, gradlist_name(k))
         if b.entry is not None:
             key = (k, n >= PARALLEL_THRESHOLD)
             f = b.entries.get(key)
