@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _alloc
 from ._validate import FLOAT_DTYPES
 from .rules.formats import param_format
 
@@ -204,8 +205,8 @@ class FlatParams:
         for dtype, members in by_dtype.items():
             total = sum(n for _, n, _ in members)
             self.buffers.append(FlatBuffer(dtype=np.dtype(dtype),
-                                           data=np.empty(total, dtype=dtype),
-                                           grad=np.zeros(total, dtype=dtype)))
+                                           data=_alloc.empty(total, dtype),
+                                           grad=_alloc.zeros(total, dtype)))
         for fb, members in zip(self.buffers, by_dtype.values()):
             data = fb.data
             off = 0
@@ -297,7 +298,7 @@ class FlatParams:
         """
         out = []
         for fb in self.buffers:
-            flat = np.empty(fb.size, dtype=fb.dtype)
+            flat = _alloc.empty(fb.size, fb.dtype)
             for k, off, shape in zip(fb.keys, fb.offsets, fb.shapes):
                 a = np.asarray(arrays[k])
                 if a.shape != shape:

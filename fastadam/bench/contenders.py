@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 
+from .. import _alloc
 from .timing import interleave
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
@@ -115,12 +116,13 @@ def _data(n: int, dtype, seed: int = 0):
     rng = np.random.default_rng(seed)
     p = rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False)
     g = (rng.standard_normal(n, dtype=np.float32) * 0.01).astype(dtype, copy=False)
-    return p, g
+    return _alloc.copy(p), _alloc.copy(g)       # aligned, as fastadam's own buffers
 
 
 def _roofline_fns(kernel: str, n: int, dtype):
     from .roofline import arrays_for, loops
-    arrays = [np.full(n, 0.5, dtype=dtype) for _ in range(arrays_for(kernel))]
+    # aligned as fastadam's own buffers (fastadam._alloc): the limit of the fastest layout
+    arrays = [_alloc.full(n, 0.5, dtype) for _ in range(arrays_for(kernel))]
     # every form (serial / parallel, plain / prefetched): the tables take the fastest
     return {"roofline " + k: f for k, f in loops(arrays).items()}
 
@@ -162,8 +164,8 @@ def single_tensor_contenders(n: int, dtype=np.float32, peers: bool = True) -> di
     p0, g0 = _data(n, dtype)
     out = _roofline_fns("adam", n, dtype)
     out["fastadam step()"] = _facade("Adam", dict(lr=LR, betas=BETAS, eps=EPS), p0, g0)
-    p, g = p0.copy(), g0.copy()
-    m, v = np.zeros_like(p), np.zeros_like(p)
+    p, g = _alloc.copy(p0), _alloc.copy(g0)   # aligned, as the façades' buffers
+    m, v = _alloc.zeros(n, p.dtype), _alloc.zeros(n, p.dtype)
     t = [0]
 
     def functional():
@@ -323,7 +325,7 @@ def crossover(rounds: int, batch_time: float, progress=None, stat=statistics.med
     rows = []
     for n in (4096, 8192, 12288, 16384, 24576, 32768, 49152, 65536, 131072, 262144, 1 << 20):
         p, g = _data(n, np.float32)
-        m, v = np.zeros_like(p), np.zeros_like(p)
+        m, v = _alloc.zeros(n, p.dtype), _alloc.zeros(n, p.dtype)
         _, scal = _scalars.adam(np.dtype(np.float32), step=1, lr=LR, beta1=BETAS[0],
                                 beta2=BETAS[1], eps=EPS, weight_decay=0.0,
                                 decoupled_weight_decay=False, amsgrad=False, maximize=False)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _alloc
 from .contenders import _roofline_fns
 from .timing import _fmt_time, _label
 
@@ -64,8 +65,8 @@ def contenders(n: int) -> dict:
 
     f32 = np.float32
     rng = np.random.default_rng(0)
-    p0 = rng.standard_normal(n, dtype=f32)
-    g0 = rng.standard_normal(n, dtype=f32) * f32(1e-2)
+    p0 = _alloc.copy(rng.standard_normal(n, dtype=f32))
+    g0 = _alloc.copy(rng.standard_normal(n, dtype=f32) * f32(1e-2))
     out = {}
     roofs = _roofline_fns("adam", n, f32)
     out.update((name, fn) for name, fn in roofs.items() if "parallel" in name)
@@ -75,12 +76,12 @@ def contenders(n: int) -> dict:
         step[0] += 1
         return dict(step=step[0], **HP)
 
-    p, g = p0.copy(), g0.copy()
-    m, v = np.zeros(n, f32), np.zeros(n, f32)
+    p, g = _alloc.copy(p0), _alloc.copy(g0)        # aligned, as the façades' buffers
+    m, v = _alloc.zeros(n, f32), _alloc.zeros(n, f32)
     out["adam fp32 state"] = lambda: F.adam_(p, g, m, v, **hp())
 
     for sd, name in (("bfloat16", "adam bf16 state"), ("int8", "adam int8 state")):
-        pp, st = p0.copy(), lowp.new_state(sd, n)
+        pp, st = _alloc.copy(p0), lowp.new_state(sd, n)
         kw = dict(exp_avg_scale=st.get("exp_avg_scale"),
                   exp_avg_sq_scale=st.get("exp_avg_sq_scale"), state_dtype=sd)
         F.adam_(pp, g0, st["exp_avg"], st["exp_avg_sq"], **kw, **hp())   # a realistic state
@@ -95,9 +96,9 @@ def contenders(n: int) -> dict:
     if bf16 is not None:
         for sd, name in (("float32", "bf16 params, fp32 master"),
                          ("bfloat16", "bf16 params, bf16 state")):
-            lo = p0.astype(bf16)
-            w = lo.astype(f32)
-            gl = g0.astype(bf16)
+            lo = _alloc.copy(p0.astype(bf16))
+            w = _alloc.copy(lo.astype(f32))
+            gl = _alloc.copy(g0.astype(bf16))
             st = lowp.new_state(sd, n)
             out[name] = (lambda lo=lo, w=w, gl=gl, st=st, sd=sd:
                          F.adam_(lo, gl, st["exp_avg"], st["exp_avg_sq"], master_param=w,
@@ -106,9 +107,9 @@ def contenders(n: int) -> dict:
     opt = fastadam.AdamW([p0.copy()], lr=1e-3, max_grad_norm=1.0)
     opt.grads[0][...] = g0 * f32(1024)
     out["amp step"] = lambda: opt.step(grad_scale=1024.0)
-    out.update(("roofline " + k, f) for k, f in read_loops(g0.copy()).items())
+    out.update(("roofline " + k, f) for k, f in read_loops(_alloc.copy(g0)).items())
     for fmt, size in _STATE_ITEMSIZE.items():
-        arrays = (p0.copy(), g0.copy(), state_words(n, size), state_words(n, size))
+        arrays = (_alloc.copy(p0), _alloc.copy(g0), state_words(n, size), state_words(n, size))
         out.update((f"roofline {fmt} state {k}", f)
                    for k, f in state_loops(*arrays, size).items())
     return out

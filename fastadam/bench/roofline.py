@@ -211,10 +211,12 @@ def state_words(n: int, itemsize: int):
     bytes (whole sub-blocks: ``ceil(n / 128) * 128 * itemsize / 4`` words), for
     :func:`state_loops`."""
     import numpy as np
+
+    from .. import _alloc
     if itemsize not in (1, 2, 4):
         raise ValueError(f"itemsize must be 1, 2 or 4, got {itemsize!r}")
     subs = (n + _RSUB - 1) // _RSUB
-    return np.full(subs * (_RSUB * itemsize // 4), 0.5, dtype=np.float32)
+    return _alloc.full(subs * (_RSUB * itemsize // 4), 0.5, np.float32)
 
 
 def _rw_state(p, g, s1, s2, wps, pf, a):

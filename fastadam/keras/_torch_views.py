@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import _backends, _threads
+from .. import _alloc, _backends, _threads
 from .._errors import BackendUnavailableError
 
 #: variables of at most this many elements are packed into one flat buffer
@@ -98,7 +98,7 @@ class _Host:
 
     @staticmethod
     def empty(n, t):
-        return np.empty(n, _NP[t.dtype])        # NumPy memory (see fastadam.torch)
+        return _alloc.empty(n, _NP[t.dtype])    # aligned NumPy memory (see fastadam.torch)
 
     @staticmethod
     def adopt(t, flat_view):

@@ -21,6 +21,7 @@ import numbers
 
 import numpy as np
 
+from .. import _alloc
 from .. import _validate as _v
 from ._checks import optional_nonneg
 
@@ -189,7 +190,7 @@ class GradientTransformMixin:
         """``clip(g, -clipvalue, clipvalue)`` into a scratch buffer kept between steps."""
         buf = self._scratch.get(g.dtype)
         if buf is None or buf.size < g.size:
-            buf = self._scratch[g.dtype] = np.empty(g.size, dtype=g.dtype)
+            buf = self._scratch[g.dtype] = _alloc.empty(g.size, g.dtype)
         out = buf[:g.size]
         c = g.dtype.type(self.clipvalue)
         if self.loss_scale_factor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _backends
+from .. import _alloc, _backends
 from .. import _validate as _v
 from . import _bridge
 from ._checks import check_pairs, check_variables, extent, optional_nonneg, owner
@@ -158,7 +158,7 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
             off = (extent(v)[0] - extent(root)[0]) // v.itemsize
             arrays = {n: a[off:off + v.size].reshape(v.shape) for n, a in fs.arrays.items()}
             return _Slot(v, arrays, fs)
-        return _Slot(v, {n: np.full(v.shape, init, dtype=v.dtype)
+        return _Slot(v, {n: _alloc.full(v.shape, init, v.dtype)
                          for n, init in self._state_specs()})
 
     def _slot(self, v):
@@ -171,7 +171,7 @@ class Optimizer(LearningRateMixin, GradientTransformMixin):
         fs = self._flat.get(id(base))
         if fs is not None and fs.base is base:
             return fs
-        fs = _FlatSlot(base, {n: np.full(base.shape, init, dtype=base.dtype)
+        fs = _FlatSlot(base, {n: _alloc.full(base.shape, init, base.dtype)
                               for n, init in self._state_specs()})
         b0 = extent(base)[0]
         for v in members:

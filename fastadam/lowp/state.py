@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _alloc
 from ..rules.codecs import INT8_BLOCK
 from ..rules.formats import I8_QMAX as _I8_QMAX
 from ..rules.formats import nblocks
@@ -49,7 +50,7 @@ def state_layout(state_dtype: str, n: int, dtype=np.float32) -> dict:
 def new_state(state_dtype: str, n: int, dtype=np.float32) -> dict:
     """Zero-initialized Adam state for ``n`` parameters (every encoding of 0 is all-zero bits)."""
     layout = state_layout(state_dtype, n, dtype)
-    return {k: np.zeros(shape, dt) for k, (shape, dt) in layout.items()}
+    return {k: _alloc.zeros(shape, dt) for k, (shape, dt) in layout.items()}
 
 
 # --- NumPy codecs (the reference; independent of fastadam.rules.codecs) ----------

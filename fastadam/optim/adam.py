@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _backends, _hparams, _validate
+from .. import _alloc, _backends, _hparams, _validate
 from .. import lowp as _lowp
 from ..lowp import master as _master
 from ._groups import _group_dtypes
@@ -251,11 +251,13 @@ class Adam(Optimizer):
 
     def _new_state(self, name, fill, fb):
         if name == "master_param":              # exactly the parameters' values
-            return _master.decode_param(fb.data, _master.param_format(fb.dtype))
+            m = _alloc.empty(fb.size, np.float32)
+            m[...] = _master.decode_param(fb.data, _master.param_format(fb.dtype))
+            return m
         if self.state_dtype == "float32" and _master.param_format(fb.dtype) is None:
             return super()._new_state(name, fill, fb)
         shape, dt = self._state_layout(name, fb)
-        return np.zeros(shape, dt)          # every code of 0 is all-zero bits
+        return _alloc.zeros(shape, dt)      # every code of 0 is all-zero bits
 
 
 class AdamW(Adam):

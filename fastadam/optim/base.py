@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _backends
+from .. import _alloc, _backends
 from .. import lowp as _lowp
 from ._checkpoint import CheckpointMixin
 from ._groups import GroupsMixin
@@ -109,7 +109,7 @@ class Optimizer(GroupsMixin, StepPlanMixin, CheckpointMixin):
 
     def _new_state(self, name: str, fill, fb):
         """A new state array ``name`` for buffer ``fb`` (lowp Adam stores other dtypes)."""
-        return np.full(fb.size, fill, dtype=fb.dtype)
+        return _alloc.full(fb.size, fill, fb.dtype)
 
     def _state_layout(self, name: str, fb):
         """``(shape, dtype)`` a checkpoint's state array ``name`` of buffer ``fb`` must have."""

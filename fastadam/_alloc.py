@@ -1,0 +1,99 @@
+"""Aligned flat buffers: every flat parameter, gradient and state buffer fastadam allocates.
+
+NumPy's allocator returns memory 16 bytes past a page boundary (glibc's chunk header), so
+a plain ``np.empty`` buffer is 16-byte aligned, never 64-byte: every 64-byte vector load
+and store of a compiled step (AVX-512) then spans two cache lines.  Measured on the
+development VM (AMD EPYC, AVX-512, float32 Adam's traffic at 8M elements, one process,
+interleaved): the memory-roofline loop took 3.22 ms on 16-byte-aligned buffers against
+2.29 ms on page-aligned ones with 2 threads (1.4x), 7.5 against 4.5-4.9 ms with one
+thread (1.5-1.7x); torch's allocator (64-byte aligned, no huge pages) 6.4 ms with one.
+
+:func:`empty`, :func:`zeros`, :func:`full` and :func:`copy` make buffers whose first
+element lies on a page (4,096 bytes) from :data:`PAGE_MIN` bytes on -- an anonymous
+memory mapping each, whose pages are committed only when written, advised to use
+transparent huge pages from :data:`HUGE_MIN` bytes on as NumPy advises its own -- else
+on a cache line (64 bytes, in a ``bytearray``).  The array's ``.base`` is that memory,
+not another array, so it is its own owner along NumPy's ``.base`` chain.
+
+A bottom layer: imports NumPy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+#: Alignment, in bytes, of a buffer smaller than :data:`PAGE_MIN` bytes (a cache line).
+LINE = 64
+#: Alignment, in bytes, of a larger buffer (a page).
+PAGE = 4096
+#: Buffers of at least this many bytes start on a page; smaller ones on a cache line (a
+#: page each would cost up to 4 KiB per small buffer, e.g. per Keras slot variable).
+PAGE_MIN = 64 << 10
+
+
+def alignment(nbytes: int) -> int:
+    """The alignment, in bytes, of a buffer of ``nbytes`` bytes."""
+    return PAGE if nbytes >= PAGE_MIN else LINE
+
+
+#: Buffers of at least this many bytes are advised to use transparent huge pages
+#: (``MADV_HUGEPAGE``), as NumPy advises its own large allocations.
+HUGE_MIN = 4 << 20
+
+
+def _buffer(nbytes: int):
+    """``(buffer, offset)``: zero-filled writable memory holding ``nbytes`` bytes from
+    ``offset`` on, that offset aligned as :func:`alignment` says."""
+    align = alignment(nbytes)
+    if align == PAGE:
+        # an anonymous mapping: page-aligned, its pages zero and committed on first touch
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+        if nbytes >= HUGE_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
+            m.madvise(mmap.MADV_HUGEPAGE)
+        return m, 0
+    buf = bytearray(nbytes + align)
+    return buf, -np.frombuffer(buf, np.uint8).ctypes.data % align
+
+
+def _aligned(shape, dtype):
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    n = 1
+    for s in shape:
+        n *= s
+    if n == 0:
+        return np.zeros(shape, dtype)
+    buf, off = _buffer(n * dtype.itemsize)
+    # the typed array's base is the buffer, not another array: it owns its memory as
+    # far as NumPy's ``.base`` chain tells (what fastadam.keras looks for)
+    a = np.frombuffer(buf, dtype=dtype, count=n, offset=off)
+    return a if len(shape) == 1 else a.reshape(shape)
+
+
+def empty(shape, dtype) -> np.ndarray:
+    """An aligned C-contiguous array (its memory zero-filled, as :func:`zeros`: the
+    large ones commit no page before it is written)."""
+    return _aligned(shape, dtype)
+
+
+def zeros(shape, dtype) -> np.ndarray:
+    """A zero-filled aligned array (nothing committed before it is written, from
+    :data:`PAGE_MIN` bytes on)."""
+    return _aligned(shape, dtype)
+
+
+def full(shape, fill, dtype) -> np.ndarray:
+    """An aligned array filled with ``fill``."""
+    a = _aligned(shape, dtype)
+    a.fill(fill)
+    return a
+
+
+def copy(a) -> np.ndarray:
+    """An aligned C-contiguous copy of array ``a``."""
+    a = np.asarray(a)
+    out = _aligned(a.shape, a.dtype)
+    out[...] = a
+    return out
