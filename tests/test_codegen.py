@@ -4,7 +4,9 @@
   arithmetic (a silent float64 promotion costs ~40% of the memory roofline), and
   its machine code uses packed (SIMD) float32 instructions.
 * Above ``_blocked.MIN_BYTES`` the parallel kernels run in the prefetched sub-block
-  form of :mod:`fastadam.kernels._blocked`: bit for bit the plain serial loop.
+  form of :mod:`fastadam.kernels._blocked` (the dense ones where
+  ``_blocked.PREFETCH_SUB_BLOCKS``; the form itself is also tested at small sizes on
+  every machine): bit for bit the plain serial loop.
 * A step never recompiles: the dispatchers' signatures do not grow over steps of
   one dtype, whatever the step count or learning rate.
 * ``import fastadam`` imports neither numba nor torch.
@@ -150,13 +152,41 @@ def _kernel_scalars(name, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parallel_sub_blocks_equal_the_serial_loop_bitwise(dtype):
-    """Every parallel kernel at a size that takes the sub-block form (past ``MIN_BYTES``,
-    ending mid-chunk and mid-sub-block, with non-finite elements): the same bits as the
-    plain serial loop."""
+    """Every parallel kernel at a size that takes the sub-block form where it is on
+    (past ``MIN_BYTES``, ending mid-chunk and mid-sub-block, with non-finite elements):
+    the same bits as the plain serial loop."""
     from fastadam.kernels import _blocked
     n = _blocked.MIN_BYTES // np.dtype(dtype).itemsize + _blocked.CHUNK + 77
     _compare_with_serial_loops(_arrays(n, dtype, 3), dtype,
                                lambda name, arrays, s: cpu.get(name, True)(*arrays, *s))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sub_block_form_equals_the_serial_loop_bitwise_on_every_machine(dtype):
+    """The prefetched sub-block form of every dense kernel, built with a small
+    ``min_bytes`` so that it runs at a small size whatever ``PREFETCH_SUB_BLOCKS`` is on
+    this machine (several chunks, the last one ragged): the serial loop's bits."""
+    import numba
+
+    from fastadam.kernels import _blocked
+    n = 3 * _blocked.CHUNK + 77
+    made = {}
+
+    def run(name, arrays, s):
+        f = made.get(name)
+        if f is None:
+            src = _blocked.blocked_loop(getattr(cpu, name), 2 + len(_scalars.KERNEL_STATES[name]),
+                                        "r_" + name, vars(cpu), min_bytes=0)
+            f = made[name] = numba.njit(parallel=True, fastmath=cpu.FASTMATH)(src)
+        f(*arrays, *s)
+    _compare_with_serial_loops(_arrays(n, dtype, 6), dtype, run)
+
+
+@pytest.mark.parametrize("env", ["0", "1"])
+def test_prefetch_sub_blocks_follows_the_environment(env, monkeypatch):
+    from fastadam.kernels import _blocked
+    monkeypatch.setenv("FASTADAM_PREFETCH_SUB_BLOCKS", env)
+    assert _blocked._prefetch_sub_blocks() is (env == "1")
 
 
 def _arrays(n, dtype, seed):

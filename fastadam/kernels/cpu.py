@@ -4,13 +4,16 @@ Every kernel reads each of its arrays once and writes each output once per
 element; the per-element math is the rule from :mod:`fastadam.rules`, inlined.
 Each kernel exists in two compiled variants, made lazily: the serial loop
 below, for small buffers (see :data:`fastadam._config.PARALLEL_THRESHOLD`), and
-a ``parallel=True`` one generated from it by :func:`._blocked.blocked_loop`:
-the same rule call, as a plain prange loop up to 8 MiB per array and in
-prefetched sub-blocks beyond (measured against the plain prange loop, float32:
-1.1-1.4x faster at 8M params, 1.05-1.15x at 32M, SGD without momentum ~1.03x;
-float64 1.05-1.3x at 4M-16M; the same bits).  Both use numba's
-on-disk cache; the cache entries are keyed by a hash of the rule sources and
-of :mod:`._blocked`, because numba itself only notices edits to this file.
+a ``parallel=True`` one.  Where :data:`._blocked.PREFETCH_SUB_BLOCKS` is true, the
+parallel one is generated from it by :func:`._blocked.blocked_loop`: the same rule
+call, as a plain prange loop up to 8 MiB per array and in prefetched sub-blocks
+beyond (measured against the plain prange loop on an Intel Sapphire Rapids VM,
+float32: 1.1-1.4x faster at 8M params, 1.05-1.15x at 32M; float64 1.05-1.3x at
+4M-16M; the same bits); elsewhere (AMD Zen, where it measured 1.2-1.4x slower on
+aligned buffers) it is the plain loop compiled with ``parallel=True``.  Both use
+numba's on-disk cache; the cache entries are keyed by a hash of the rule sources,
+of :mod:`._blocked` and of that choice, because numba itself only notices edits to
+this file.
 
 Arguments are 1-D C-contiguous arrays of one dtype followed by the scalars of
 :mod:`fastadam._scalars`, already cast to that dtype.
@@ -156,10 +159,11 @@ def _gradlist_loop(name: str):
 # Cache entries are keyed by the rules' sources, the sub-block loop's source and the
 # compile flags, which numba's own cache check (this file's timestamp) does not see.
 _RULES_HASH = (_rules.source_hash(extra=repr(sorted(FASTMATH))) + _blocked.HASH
-               + _fma.HASH)
-_variants = KernelVariants(globals(), _RULES_HASH, FASTMATH,
-                           names=KERNEL_NAMES + GRADLIST_NAMES,
-                           parallel_source=_parallel_loop, generate=_gradlist_loop)
+               + _fma.HASH + ("p" if _blocked.PREFETCH_SUB_BLOCKS else "n"))
+_variants = KernelVariants(
+    globals(), _RULES_HASH, FASTMATH, names=KERNEL_NAMES + GRADLIST_NAMES,
+    parallel_source=_parallel_loop if _blocked.PREFETCH_SUB_BLOCKS else None,
+    generate=_gradlist_loop)
 _compiled = _variants.compiled
 get = _variants.get
 
