@@ -66,7 +66,9 @@ approximate ``1 / (sqrt(v) * c + eps)`` with Newton steps (bit-trick seeds,
 or LLVM's ``vrcp14ps`` estimate) was measured and does not pay: it costs more
 ALU-port instructions than the divider time it saves (measured again on an AVX-512 AMD
 EPYC for issue #22, where such an approximation is allowed in these kernels: 12-18%
-slower with three Newton steps, still slower with one; docs/lowp.md).  The bf16 / int8 / norm
+slower with three Newton steps, still slower with one; LLVM's own ``vrsqrt14ps`` /
+``vrcp14ps`` + Newton sequences in the pipelined kernels 10-27% slower, L2-resident, and
+the bare estimates without a Newton step no faster; docs/lowp.md).  The bf16 / int8 / norm
 loops are compiled with 512-bit vectors (:func:`wide_vectors`): their codec
 work is bound by vector-ALU ports, which do twice the work per instruction at
 512 bits.  The float32 loop, bound by the divider, is left at LLVM's default
