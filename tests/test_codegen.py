@@ -5,7 +5,7 @@
   its machine code uses packed (SIMD) float32 instructions.
 * Above ``_blocked.MIN_BYTES`` the parallel kernels run in the prefetched sub-block
   form of :mod:`fastadam.kernels._blocked` (the dense ones where
-  ``_blocked.PREFETCH_SUB_BLOCKS``; the form itself is also tested at small sizes on
+  ``_config.PREFETCH_SUB_BLOCKS``; the form itself is also tested at small sizes on
   every machine): bit for bit the plain serial loop.
 * A step never recompiles: the dispatchers' signatures do not grow over steps of
   one dtype, whatever the step count or learning rate.
@@ -184,9 +184,9 @@ def test_sub_block_form_equals_the_serial_loop_bitwise_on_every_machine(dtype):
 
 @pytest.mark.parametrize("env", ["0", "1"])
 def test_prefetch_sub_blocks_follows_the_environment(env, monkeypatch):
-    from fastadam.kernels import _blocked
+    from fastadam import _config
     monkeypatch.setenv("FASTADAM_PREFETCH_SUB_BLOCKS", env)
-    assert _blocked._prefetch_sub_blocks() is (env == "1")
+    assert _config._prefetch_sub_blocks() is (env == "1")
 
 
 def _arrays(n, dtype, seed):

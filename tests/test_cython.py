@@ -185,6 +185,21 @@ def test_parallel_sub_blocks_equal_the_serial_loop(name, dtype, monkeypatch):
 
 
 @needs_ext
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "rmsprop_centered_momentum"])
+def test_sub_block_form_equals_the_serial_loop_on_every_machine(name, dtype, monkeypatch):
+    """The prefetched sub-block form forced at a small size (it is off by default on AMD
+    CPUs: ``fastadam._config.PREFETCH_SUB_BLOCKS``): the same bits as the serial loop."""
+    from fastadam._cython import kernels
+    old = kernels._prefetch_min_bytes(0)
+    try:
+        assert kernels._prefetch_min_bytes() == 0
+        _check_parallel_equals_serial(name, dtype, 3 * 4096 + 77, 6, monkeypatch)
+    finally:
+        kernels._prefetch_min_bytes(old)
+    assert kernels._prefetch_min_bytes() == old
+
+
+@needs_ext
 def test_float32_arithmetic_stays_float32():
     """A float64 promotion anywhere would change float32 results: compare with a
     float32 NumPy evaluation of the Adam rule, op by op, and with a float64 one."""

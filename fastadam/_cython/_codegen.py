@@ -38,7 +38,8 @@ Each rule of :data:`RULE_MODULES` also gets its loop,
 arrays are the parameter, the gradient and the states the rule returns, in
 parameter order), written once here as
 :data:`LOOP_TEMPLATE` for every kernel: a serial loop; a plain OpenMP
-``prange`` for parallel calls under :data:`MIN_BYTES`; above, the prefetched
+``prange`` for parallel calls under :data:`MIN_BYTES` (at every size where
+``fastadam._config.PREFETCH_SUB_BLOCKS`` is false: AMD CPUs); above, the prefetched
 sub-block form of the numba kernels (``fastadam/kernels/_blocked.py``): each
 work item of :data:`CHUNK` elements runs in sub-blocks of :data:`SUB_LINES`
 cache lines, each first issuing one prefetch hint (``__builtin_prefetch``;
@@ -124,6 +125,21 @@ cdef enum:
     _SUB_LINES = {SUB_LINES}
     _AHEAD_LINES = {AHEAD_LINES}
     _MIN_BYTES = {MIN_BYTES}
+
+# the prefetched sub-blocks from _MIN_BYTES on, or nowhere (fastadam._config: not on AMD
+# CPUs, where the plain loop measured faster on aligned buffers)
+from fastadam._config import PREFETCH_SUB_BLOCKS as _PREFETCH_SUB_BLOCKS
+cdef Py_ssize_t _min_bytes = _MIN_BYTES if _PREFETCH_SUB_BLOCKS else (<Py_ssize_t>1) << 62
+
+
+def _prefetch_min_bytes(nbytes=None):
+    """The bytes per array from which the parallel loops run in prefetched sub-blocks;
+    with ``nbytes``, set it (tests: the form at small sizes) and return the old value."""
+    global _min_bytes
+    old = _min_bytes
+    if nbytes is not None:
+        _min_bytes = nbytes
+    return old
 '''
 
 LOOP_TEMPLATE = '''
@@ -136,7 +152,7 @@ cdef void _loop_{name}({sig}) noexcept nogil:
     if not parallel:
         for i in range(n):
             rule_{name}({call})
-    elif n < _MIN_BYTES // <Py_ssize_t>sizeof(floating):
+    elif n < _min_bytes // <Py_ssize_t>sizeof(floating):
         for i in prange(n, schedule="static"):
             rule_{name}({call})
     else:

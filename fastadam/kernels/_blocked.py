@@ -11,8 +11,8 @@ runs the vectorized element loop over views of the sub-block.  Small bursts of
 hints keep the fill buffers free for the demand loads.  Prefetches have no
 effect on results: the same bits as the plain ``prange`` loop (tests compare
 them).  Arrays under :data:`MIN_BYTES` run the plain loop.  The dense kernels of
-:mod:`.cpu` take this form only where :data:`PREFETCH_SUB_BLOCKS` (not on AMD Zen,
-where the plain loop measured faster on aligned buffers).
+:mod:`.cpu` take this form only where ``fastadam._config.PREFETCH_SUB_BLOCKS`` (not on
+AMD CPUs, where the plain loop measured faster on aligned buffers).
 
 :func:`blocked_loop` writes that loop for a kernel whose body is one rule
 call, ``a0[i], a2[i], ... = rule(a0[i], a1[i], a2[i], ..., scalars...)``
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import pathlib
 
 import numba
@@ -42,6 +41,7 @@ from llvmlite import ir
 from numba import types as nbt
 from numba.core import cgutils
 from numba.extending import intrinsic
+
 
 #: Elements per parallel work item.
 CHUNK = 4096
@@ -58,25 +58,9 @@ AHEAD_LINES = 64
 MIN_BYTES = 8 << 20
 
 
-def _prefetch_sub_blocks() -> bool:
-    """Whether the dense kernels of :mod:`.cpu` take the prefetched sub-block form from
-    :data:`MIN_BYTES` on: ``FASTADAM_PREFETCH_SUB_BLOCKS`` (``0`` or ``1``) if set, else
-    true except on AMD Zen CPUs.  Measured, float32 Adam's traffic, 2 threads: on an
-    Intel Sapphire Rapids VM (2026-11-28) the form moved the same bytes 1.20-1.30x
-    faster than the plain loop at 8M params; on an AMD EPYC (Zen 4) VM (2026-12-05),
-    with the page-aligned buffers of :mod:`fastadam._alloc`, 1.2-1.4x slower at 8M-32M
-    (up to 1.8x with one thread)."""
-    env = os.environ.get("FASTADAM_PREFETCH_SUB_BLOCKS")
-    if env in ("0", "1"):
-        return env == "1"
-    from llvmlite import binding
-    return not binding.get_host_cpu_name().startswith("znver")
-
-
-#: Whether :mod:`.cpu`'s dense kernels run in prefetched sub-blocks from :data:`MIN_BYTES`
-#: on (:func:`_prefetch_sub_blocks`); the other users of :func:`blocked_loop` (the
-#: clamped float32 Adam of :mod:`.cpu_lowp`, the master-weight kernels) always do.
-PREFETCH_SUB_BLOCKS = _prefetch_sub_blocks()
+# fastadam._config.PREFETCH_SUB_BLOCKS says whether .cpu's dense kernels run in prefetched
+# sub-blocks from MIN_BYTES on; the other users of blocked_loop (the clamped float32 Adam
+# of cpu_lowp, the master-weight kernels) always do.
 
 _I32 = ir.IntType(32)
 

@@ -4,12 +4,12 @@ Every kernel reads each of its arrays once and writes each output once per
 element; the per-element math is the rule from :mod:`fastadam.rules`, inlined.
 Each kernel exists in two compiled variants, made lazily: the serial loop
 below, for small buffers (see :data:`fastadam._config.PARALLEL_THRESHOLD`), and
-a ``parallel=True`` one.  Where :data:`._blocked.PREFETCH_SUB_BLOCKS` is true, the
+a ``parallel=True`` one.  Where :data:`fastadam._config.PREFETCH_SUB_BLOCKS` is true, the
 parallel one is generated from it by :func:`._blocked.blocked_loop`: the same rule
 call, as a plain prange loop up to 8 MiB per array and in prefetched sub-blocks
 beyond (measured against the plain prange loop on an Intel Sapphire Rapids VM,
 float32: 1.1-1.4x faster at 8M params, 1.05-1.15x at 32M; float64 1.05-1.3x at
-4M-16M; the same bits); elsewhere (AMD Zen, where it measured 1.2-1.4x slower on
+4M-16M; the same bits); elsewhere (AMD CPUs: it measured 1.2-1.4x slower on
 aligned buffers) it is the plain loop compiled with ``parallel=True``.  Both use
 numba's on-disk cache; the cache entries are keyed by a hash of the rule sources,
 of :mod:`._blocked` and of that choice, because numba itself only notices edits to
@@ -27,7 +27,7 @@ import numba
 from numba import prange
 
 from .. import rules as _rules
-from .._config import FASTMATH, PARALLEL_THRESHOLD
+from .._config import FASTMATH, PARALLEL_THRESHOLD, PREFETCH_SUB_BLOCKS
 from .._scalars import GRADLIST_SUFFIX, gradlist_name
 from . import _blocked, _fma  # noqa: F401  (_fma: the rules' fma, for numba)
 from ._variants import KernelVariants, use_parallel
@@ -159,10 +159,10 @@ def _gradlist_loop(name: str):
 # Cache entries are keyed by the rules' sources, the sub-block loop's source and the
 # compile flags, which numba's own cache check (this file's timestamp) does not see.
 _RULES_HASH = (_rules.source_hash(extra=repr(sorted(FASTMATH))) + _blocked.HASH
-               + _fma.HASH + ("p" if _blocked.PREFETCH_SUB_BLOCKS else "n"))
+               + _fma.HASH + ("p" if PREFETCH_SUB_BLOCKS else "n"))
 _variants = KernelVariants(
     globals(), _RULES_HASH, FASTMATH, names=KERNEL_NAMES + GRADLIST_NAMES,
-    parallel_source=_parallel_loop if _blocked.PREFETCH_SUB_BLOCKS else None,
+    parallel_source=_parallel_loop if PREFETCH_SUB_BLOCKS else None,
     generate=_gradlist_loop)
 _compiled = _variants.compiled
 get = _variants.get
