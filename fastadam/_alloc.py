@@ -12,8 +12,9 @@ thread (1.5-1.7x); torch's allocator (64-byte aligned, no huge pages) 6.4 ms wit
 element lies on a page (4,096 bytes) from :data:`PAGE_MIN` bytes on -- an anonymous
 memory mapping each, whose pages are committed only when written, advised to use
 transparent huge pages from :data:`HUGE_MIN` bytes on as NumPy advises its own -- else
-on a cache line (64 bytes, in a ``bytearray``).  The array's ``.base`` is that memory,
-not another array, so it is its own owner along NumPy's ``.base`` chain.
+on a cache line (64 bytes: a view of a slightly larger zero-filled array).  The array's
+``.base`` is a buffer object (the mapping, or a ``memoryview``), not another array, so
+it is its own owner along NumPy's ``.base`` chain.
 
 A bottom layer: imports NumPy and the standard library only.
 """
@@ -31,6 +32,9 @@ PAGE = 4096
 #: Buffers of at least this many bytes start on a page; smaller ones on a cache line (a
 #: page each would cost up to 4 KiB per small buffer, e.g. per Keras slot variable).
 PAGE_MIN = 64 << 10
+#: Buffers of at least this many bytes are advised to use transparent huge pages
+#: (``MADV_HUGEPAGE``), as NumPy advises its own large allocations.
+HUGE_MIN = 4 << 20
 
 
 def alignment(nbytes: int) -> int:
@@ -38,23 +42,21 @@ def alignment(nbytes: int) -> int:
     return PAGE if nbytes >= PAGE_MIN else LINE
 
 
-#: Buffers of at least this many bytes are advised to use transparent huge pages
-#: (``MADV_HUGEPAGE``), as NumPy advises its own large allocations.
-HUGE_MIN = 4 << 20
-
-
 def _buffer(nbytes: int):
-    """``(buffer, offset)``: zero-filled writable memory holding ``nbytes`` bytes from
-    ``offset`` on, that offset aligned as :func:`alignment` says."""
+    """Zero-filled writable memory of ``nbytes`` bytes starting on the alignment that
+    :func:`alignment` gives, as a buffer object (never a NumPy array)."""
     align = alignment(nbytes)
-    if align == PAGE:
+    if align == PAGE and hasattr(mmap, "MAP_PRIVATE"):
         # an anonymous mapping: page-aligned, its pages zero and committed on first touch
         m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
         if nbytes >= HUGE_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
             m.madvise(mmap.MADV_HUGEPAGE)
-        return m, 0
-    buf = bytearray(nbytes + align)
-    return buf, -np.frombuffer(buf, np.uint8).ctypes.data % align
+        return m
+    # elsewhere (small buffers; platforms without MAP_PRIVATE): a slice of a larger
+    # zero-filled NumPy array (calloc: lazy pages too), seen through a memoryview
+    raw = np.zeros(nbytes + align, np.uint8)
+    off = -raw.ctypes.data % align
+    return memoryview(raw)[off:off + nbytes]
 
 
 def _aligned(shape, dtype):
@@ -65,10 +67,9 @@ def _aligned(shape, dtype):
         n *= s
     if n == 0:
         return np.zeros(shape, dtype)
-    buf, off = _buffer(n * dtype.itemsize)
     # the typed array's base is the buffer, not another array: it owns its memory as
     # far as NumPy's ``.base`` chain tells (what fastadam.keras looks for)
-    a = np.frombuffer(buf, dtype=dtype, count=n, offset=off)
+    a = np.frombuffer(_buffer(n * dtype.itemsize), dtype=dtype, count=n)
     return a if len(shape) == 1 else a.reshape(shape)
 
 

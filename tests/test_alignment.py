@@ -54,6 +54,27 @@ def test_alloc(make, shape, dtype):
     assert a.ctypes.data % want == 0
 
 
+@pytest.mark.parametrize("n", [SMALL, BIG])
+def test_buffers_own_their_memory(n):
+    """The array is the end of its ``.base`` chain (a buffer object, not a larger array):
+    fastadam.keras takes a variable's owner as its flat buffer."""
+    a = _alloc.zeros(n, np.float32)
+    assert not isinstance(a.base, np.ndarray)
+    assert a.base is not None
+
+
+def test_without_anonymous_mappings(monkeypatch):
+    """Where ``mmap.MAP_PRIVATE`` is missing (Windows), large buffers are still
+    page-aligned and zero-filled (a slice of a larger zero-filled array)."""
+    import mmap
+    monkeypatch.delattr(mmap, "MAP_PRIVATE")
+    a = _alloc.zeros(BIG, np.float32)
+    assert a.ctypes.data % _alloc.PAGE == 0 and not a.any()
+    assert not isinstance(a.base, np.ndarray)
+    a[:] = 1.0
+    assert (_alloc.full(BIG, 2.0, np.float32) == 2.0).all()
+
+
 def test_views_keep_the_memory_alive():
     a = _alloc.full(BIG, 2.0, np.float32)
     v = a[10:20]
