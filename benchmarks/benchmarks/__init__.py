@@ -36,10 +36,19 @@ def optimizers():
 
 
 def data(n, dtype="float32", seed=0):
+    """A parameter and a gradient array of ``n`` elements, aligned as fastadam's own flat
+    buffers (``fastadam._alloc``: a page from 64 KiB; NumPy's are 16-byte aligned)."""
+    from fastadam import _alloc
     rng = np.random.default_rng(seed)
     p = rng.standard_normal(n).astype(dtype)
     g = (rng.standard_normal(n) * 0.01).astype(dtype)
-    return p, g
+    return _alloc.copy(p), _alloc.copy(g)
+
+
+def zeros_like(a):
+    """Zeros of ``a``'s shape and dtype, aligned as :func:`data`'s arrays."""
+    from fastadam import _alloc
+    return _alloc.zeros(a.shape, a.dtype)
 
 
 def facade(label, n, dtype="float32", backend="auto"):

@@ -5,7 +5,7 @@
 
 import numpy as np
 
-from . import BETAS, DTYPES, EPS, LR, SIZES, SMALL, backend_available, data
+from . import BETAS, DTYPES, EPS, LR, SIZES, SMALL, backend_available, data, zeros_like
 
 
 class FunctionalAdam:
@@ -22,7 +22,7 @@ class FunctionalAdam:
         from fastadam import functional
         self.f = functional.adam_
         self.p, self.g = data(n, dtype)
-        self.m, self.v = np.zeros_like(self.p), np.zeros_like(self.p)
+        self.m, self.v = zeros_like(self.p), zeros_like(self.p)
         self.backend = backend
         self.t = 0
         self.time_adam()
@@ -61,7 +61,7 @@ class Kernel:
         name, self.scal = getattr(_scalars, hp[0])(np.dtype(np.float32), **hp[1])
         assert name == kernel
         p, g = data(n)
-        self.arrays = [p, g] + [np.zeros_like(p) for _ in _scalars.KERNEL_STATES[kernel]]
+        self.arrays = [p, g] + [zeros_like(p) for _ in _scalars.KERNEL_STATES[kernel]]
         self.k = cpu.get(kernel, variant == "parallel")
         self.time_kernel()
 

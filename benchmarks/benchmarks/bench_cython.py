@@ -14,7 +14,7 @@
 
 import numpy as np
 
-from . import BETAS, DTYPES, EPS, LR, PATH_SETUP, SIZES, backend_available, data
+from . import BETAS, DTYPES, EPS, LR, PATH_SETUP, SIZES, backend_available, data, zeros_like
 
 BACKENDS = ["numba", "cython"]
 BIG = 1 << 25          # 32M params: 28 B/param for Adam fp32, 0.9 GB moved per step
@@ -50,7 +50,7 @@ class AdamRun:
             raise NotImplementedError("32M params timed in float32 only")
         mod = _runner(backend)
         p, g = data(n, dtype)
-        self.arrays = (p, g, np.zeros_like(p), np.zeros_like(p))
+        self.arrays = (p, g, zeros_like(p), zeros_like(p))
         self.name, self.scalars = _adam_scalars(dtype)
         self.run = mod.run
         bind = getattr(mod, "bind", None)
@@ -78,7 +78,7 @@ class CythonLoops:
             raise NotImplementedError("serial build (no OpenMP)")
         from fastadam import _config
         p, g = data(n, dtype)
-        self.arrays = (p, g, np.zeros_like(p), np.zeros_like(p))
+        self.arrays = (p, g, zeros_like(p), zeros_like(p))
         self.name, self.scalars = _adam_scalars(dtype)
         saved = _config.PARALLEL_THRESHOLD
         _config.PARALLEL_THRESHOLD = 0 if variant == "parallel" else 1 << 62
@@ -148,7 +148,7 @@ def main(rounds=15):
         name, sc = _adam_scalars("float32")
         for b, mod in mods.items():
             p, g = data(n)
-            arrs = (p, g, np.zeros_like(p), np.zeros_like(p))
+            arrs = (p, g, zeros_like(p), zeros_like(p))
             bound = mod.bind(name, arrs, sc)
             cases[(n, b, "run")] = (reps, lambda mod=mod, a=arrs, s=sc, k=name: mod.run(k, a, s))
             cases[(n, b, "bind")] = (reps, lambda f=bound, s=sc: f(*s))

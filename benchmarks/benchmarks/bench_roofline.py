@@ -16,7 +16,8 @@ class Roofline:
 
     def setup(self, k, variant, n):
         from fastadam.bench import roofline as _roofline
-        self.arrays = [np.full(n, 0.5, np.float32) for _ in range(k)]
+        from fastadam import _alloc      # aligned, as fastadam's own flat buffers
+        self.arrays = [_alloc.full(n, 0.5, np.float32) for _ in range(k)]
         self.a = np.float32(1e-12)
         self.loop = _roofline.get(k, *_roofline.VARIANTS[variant])
         self.time_roofline(k, variant, n)
