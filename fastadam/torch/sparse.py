@@ -53,19 +53,17 @@ def _numpy_range(x):
     return x.min(), x.max()
 
 
-_RANGE = []
-
-
 def _index_range(x):
     """``(min, max)`` of a non-empty 1-D integer array: one compiled pass where numba
-    is installed (about 1 us for 8,192 lookups, NumPy's two reductions about 5)."""
-    if not _RANGE:
-        try:
-            from ..kernels.cpu_sparse import index_range
-        except ImportError:             # no numba: NumPy's reductions
-            index_range = _numpy_range
-        _RANGE.append(index_range)
-    return _RANGE[0](x)
+    is installed (about 1 us for 8,192 lookups, NumPy's two reductions about 5).  The
+    first call puts the implementation in this name's place."""
+    global _index_range
+    try:
+        from ..kernels.cpu_sparse import index_range
+    except ImportError:                 # no numba: NumPy's reductions
+        index_range = _numpy_range
+    _index_range = index_range
+    return index_range(x)
 
 
 def _rows_of(g, i, gi):
@@ -75,20 +73,28 @@ def _rows_of(g, i, gi):
     k = g.sparse_dim()
     shape = g.shape
     ind = g._indices().numpy()                  # (k, nnz) int64; NumPy indexing is cheaper
+    if k == 1:                                  # an embedding's gradient
+        idx = ind[0]
+        if idx.shape[0]:
+            lo, hi = _index_range(idx)
+            if lo < 0 or hi >= shape[0]:
+                _out_of_range(i, gi, 0, lo, hi, shape[0])
+        return idx, shape[0]
     if ind.shape[1]:
         for d in range(k):
             lo, hi = _index_range(ind[d])
             if lo < 0 or hi >= shape[d]:
-                raise IndexError(f"the sparse gradient of parameter {i} of param group {gi} "
-                                 f"has index {lo if lo < 0 else hi} in dimension {d} of size "
-                                 f"{shape[d]}")
-    if k == 1:
-        return ind[0], shape[0]
+                _out_of_range(i, gi, d, lo, hi, shape[d])
     lin = np.zeros(ind.shape[1], np.int64)
     for d in range(k):
         lin *= shape[d]
         lin += ind[d]
     return lin, math.prod(shape[:k])
+
+
+def _out_of_range(i, gi, d, lo, hi, size):
+    raise IndexError(f"the sparse gradient of parameter {i} of param group {gi} has index "
+                     f"{lo if lo < 0 else hi} in dimension {d} of size {size}")
 
 
 def _overlaps(b, lo, nbytes):
