@@ -61,7 +61,7 @@ class CompiledBackend(Backend):
     """A backend given by a ``run(kernel_name, arrays, scalars)`` function."""
 
     def __init__(self, name, run, check=None, device=False, bind=None, sparse_run=None,
-                 sparse_check=None, entry=None):
+                 sparse_check=None, entry=None, sparse_bind=None):
         self.name = name
         self.run = run
         #: optional ``entry(kernel_name, arrays, typed_scalars) -> f``: ``f(*arrays,
@@ -73,6 +73,10 @@ class CompiledBackend(Backend):
         #: :func:`fastadam.kernels.cuda_sparse.run` with ``sparse_check`` its checks)
         self.sparse_run = sparse_run
         self.sparse = sparse_run is not None
+        #: optional ``sparse_bind(kernel_name, tables) -> f``: ``f(indices, values,
+        #: scalars)`` is ``sparse_run`` on those (checked) tables with the least per-call
+        #: overhead, the scalars as Python floats (:class:`fastadam.kernels.cpu_sparse.Bound`)
+        self.sparse_bind = sparse_bind
         if sparse_check is not None:
             self.sparse_check = sparse_check
         self.device = device
@@ -148,7 +152,7 @@ def _load_numba():
     except ImportError as e:
         raise BackendUnavailableError(f"the numba backend needs numba, which failed to import: {e}") from e
     return CompiledBackend("numba", cpu.run, bind=cpu.bind, sparse_run=cpu_sparse.run,
-                           entry=cpu.entry)
+                           entry=cpu.entry, sparse_bind=cpu_sparse.Bound)
 
 
 def _load_cython():

@@ -449,3 +449,127 @@ def test_a_sparse_tables_flat_gradient_costs_no_memory():
     # the flat table (64 MiB, the old storage freed) and "sum" (64 MiB); a touched flat
     # gradient would add 64 MiB more
     assert grew < 100, out.stdout
+
+
+# -- the step's kept tables and bound kernels (numba) against the checked functional path -
+
+def _functional_twin(name, kw):
+    """``(state arrays of one table, step(t, p, idx, vals, state))``: the
+    fastadam.functional call (the checked path: its arguments validated, the kernel
+    through numba's dispatcher) that a step of optimizer ``name`` makes on a table."""
+    import fastadam.functional as F
+    lr = kw["lr"]
+    if name == "SparseAdam":
+        b1, b2 = kw.get("betas", (0.9, 0.999))
+        return (lambda p: [np.zeros_like(p), np.zeros_like(p)],
+                lambda t, p, i, g, s: F.sparse_adam_(p, i, g, *s, step=t, lr=lr, beta1=b1,
+                                                     beta2=b2, eps=kw.get("eps", 1e-8),
+                                                     maximize=kw.get("maximize", False)))
+    if name == "Adagrad":
+        a0 = kw.get("initial_accumulator_value", 0.0)
+        return (lambda p: [np.full_like(p, a0)],
+                lambda t, p, i, g, s: F.sparse_adagrad_(p, i, g, *s, step=t, lr=lr,
+                                                        lr_decay=kw.get("lr_decay", 0.0),
+                                                        eps=kw.get("eps", 1e-10)))
+    if name == "SGD":
+        return (lambda p: [], lambda t, p, i, g, s: F.sparse_sgd_(p, i, g, lr=lr))
+    if name == "RowWiseAdagrad":
+        return (lambda p: [np.zeros(p.shape[0], p.dtype)],
+                lambda t, p, i, g, s: F.rowwise_adagrad_(p, i, g, *s, lr=lr,
+                                                         eps=kw.get("eps", 1e-10),
+                                                         weight_decay=kw.get("weight_decay", 0)))
+    return (lambda p: [np.zeros_like(p), np.zeros_like(p)],                     # lazy Adam
+            lambda t, p, i, g, s: F.lazy_adam_(p, i, g, *s, step=t, lr=lr, beta1=0.9,
+                                               beta2=0.999, eps=1e-8, weight_decay=0.0))
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("SparseAdam", dict(lr=0.05, betas=(0.8, 0.95), eps=1e-6, maximize=True)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.2)),
+    ("SGD", dict(lr=0.05)),
+    ("RowWiseAdagrad", dict(lr=0.05, weight_decay=0.01)),
+    ("Adam", dict(lr=0.02, sparse_grads="lazy")),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_bound_kernel_calls_give_the_checked_paths_bits(name, kw, dtype):
+    # fastadam.torch keeps each table's slices and, on numba, its kernel's entry points
+    # (scalars given as Python floats); fastadam.functional checks its arguments and goes
+    # through numba's dispatcher with NumPy scalars.  Same bits, serial and parallel sizes
+    # (lookups * dim against the parallel threshold), two tables, many duplicates.
+    from fastadam._config import PARALLEL_THRESHOLD
+    rng = np.random.default_rng(7)
+    shapes = [(300, 8, 40), (4096, 32, max(64, 2 * PARALLEL_THRESHOLD // 32))]
+    tables = [rng.standard_normal(s[:2]).astype(dtype) for s in shapes]
+    ps = [torch.nn.Parameter(torch.from_numpy(t.copy())) for t in tables]
+    opt = getattr(ft, name)(ps, backend="numba", **kw)
+    make_state, fstep = _functional_twin(name, kw)
+    fstate = [make_state(t) for t in tables]
+    for t in range(1, 5):
+        for k, ((rows, dim, n), p) in enumerate(zip(shapes, ps)):
+            idx = (rng.zipf(1.3, n) - 1) % rows                # hot rows: many duplicates
+            vals = rng.standard_normal((n, dim)).astype(dtype)
+            p.grad = torch.sparse_coo_tensor(torch.from_numpy(idx)[None],
+                                             torch.from_numpy(vals.copy()), (rows, dim))
+            fstep(t, tables[k], idx, vals, fstate[k])
+        opt.step()
+        for k, p in enumerate(ps):
+            assert np.array_equal(p.detach().numpy(), tables[k]), (t, k)
+            got = [v.numpy() for key, v in sorted(opt.state[p].items()) if key != "step"]
+            for g, w in zip(got, fstate[k]):
+                assert np.array_equal(g, w), (t, k)
+
+
+def test_sparse_only_steps_refuse_before_writing_any_table():
+    # SparseAdam and RowWiseAdagrad plan sparse-only steps on their own path: a bad
+    # gradient of the second table leaves the first table (and every state) as it was
+    for make in (lambda ps: ft.SparseAdam(ps, lr=0.1), lambda ps: ft.RowWiseAdagrad(ps, lr=0.1)):
+        ps = [torch.nn.Parameter(torch.randn(6, 3)) for _ in range(2)]
+        opt = make(ps)
+        for p in ps:
+            p.grad = torch.sparse_coo_tensor([[1, 2]], torch.ones(2, 3), (6, 3))
+        opt.step()
+        snap = [p.detach().clone() for p in ps] + [
+            t.clone() for t in opt._buckets[0].state.values()]
+        for exc, bad in [(IndexError, torch.sparse_coo_tensor([[0, 6]], torch.ones(2, 3), (6, 3))),
+                         (IndexError, torch.sparse_coo_tensor([[-1]], torch.ones(1, 3), (6, 3))),
+                         (RuntimeError, torch.ones(6, 3))]:
+            ps[0].grad = torch.sparse_coo_tensor([[3]], torch.ones(1, 3), (6, 3))
+            ps[1].grad = bad
+            with pytest.raises(exc):
+                opt.step()
+            now = [p.detach() for p in ps] + list(opt._buckets[0].state.values())
+            assert all(torch.equal(a, b) for a, b in zip(now, snap))
+            assert int(opt._buckets[0].steps[0]) == 1
+
+
+def test_values_in_the_flat_buffers_are_read_before_the_step_writes():
+    # a gradient whose values are a view of the flat parameter buffer (its own rows):
+    # the step uses them as they were (a copy), as torch.optim.SparseAdam does
+    w = [torch.nn.Parameter(torch.randn(5, 4, dtype=torch.float64)) for _ in range(2)]
+    w[1].data.copy_(w[0].data)
+    o1, o2 = torch.optim.SparseAdam([w[0]], lr=0.5), ft.SparseAdam([w[1]], lr=0.5)
+    for _ in range(3):
+        for p, o in ((w[0], o1), (w[1], o2)):
+            vals = p.detach()[1:3]                  # rows 1, 2 of the parameter itself
+            if o is o1:
+                vals = vals.clone()
+            else:
+                assert vals.data_ptr() == o._buckets[0].data.data_ptr() + 4 * 8
+            p.grad = torch.sparse_coo_tensor([[2, 1]], vals, (5, 4))
+            o.step()
+    torch.testing.assert_close(w[1].detach(), w[0].detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_a_parameter_seen_as_other_tables_by_its_gradients():
+    # the tables kept per parameter are per row count: a (4, 3, 2) parameter whose
+    # gradients are sparse in one, then two dimensions (4 x 6, then 12 x 2 tables)
+    p = [torch.nn.Parameter(torch.randn(4, 3, 2, dtype=torch.float64)) for _ in range(2)]
+    p[1].data.copy_(p[0].data)
+    o1, o2 = torch.optim.SparseAdam([p[0]], lr=0.1), ft.SparseAdam([p[1]], lr=0.1)
+    g = torch.Generator().manual_seed(3)
+    for sd in (1, 2, 1, 2):
+        d = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
+        for q, o in zip(p, (o1, o2)):
+            q.grad = d.to_sparse(sd)
+            o.step()
+    torch.testing.assert_close(p[1].detach(), p[0].detach(), rtol=1e-10, atol=1e-12)

@@ -453,9 +453,15 @@ def index_dtype(nrows: int, n: int):
     return _KSAMPLES[max(nrows, n) >= (1 << 31)]
 
 
+#: Work items of a parallel call: :data:`ITEMS_PER_THREAD` per thread numba may run
+#: (``NUMBA_NUM_THREADS``; fewer threads set with ``numba.set_num_threads`` share them).
+#: A constant: ``numba.get_num_threads()`` costs 0.7 us per call.
+PARALLEL_ITEMS = ITEMS_PER_THREAD * numba.config.NUMBA_NUM_THREADS
+
+
 def work_items(parallel: bool) -> int:
-    """Work items of a call: :data:`ITEMS_PER_THREAD` per thread in parallel, else 1."""
-    return ITEMS_PER_THREAD * numba.get_num_threads() if parallel else 1
+    """Work items of a call: :data:`PARALLEL_ITEMS` in parallel, else 1."""
+    return PARALLEL_ITEMS if parallel else 1
 
 
 def run(name: str, tables, indices, values, scalars) -> None:
@@ -472,3 +478,41 @@ def run(name: str, tables, indices, values, scalars) -> None:
     par = use_parallel(n * values.shape[1])
     _variants.call(name, par, *tables, indices, values, work_items(par),
                    index_dtype(tables[0].shape[0], n), *scalars)
+
+
+class Bound:
+    """:func:`run` of kernel ``name`` on fixed ``tables``, for a caller that steps the
+    same tables again and again (fastadam.torch): ``bound(indices, values, scalars)``.
+
+    The compiled entry point of each variant (serial or parallel, by the call's size;
+    int32 or int64 sort keys, :func:`index_dtype`) is resolved on first use from the
+    call's arguments and then entered directly, skipping numba's type dispatch; the
+    scalars may be Python floats (the entry point rounds them to the tables' dtype as
+    ``dtype.type`` does: :class:`fastadam._scalars.PythonFloats`).  The caller
+    guarantees that every call's ``indices`` (1-D C-contiguous int64) and ``values``
+    (2-D C-contiguous, the tables' dtype, writeable) have the types of the first
+    call's, that ``scalars`` are as many as the kernel takes (all of the tables' dtype, or
+    Python floats), and everything :func:`run` requires; nothing is checked here.
+    """
+
+    __slots__ = ("name", "tables", "rows", "entries")
+
+    def __init__(self, name: str, tables):
+        self.name = name
+        self.tables = tuple(tables)
+        self.rows = self.tables[0].shape[0]
+        self.entries = {}
+
+    def __call__(self, indices, values, scalars) -> None:
+        n = indices.shape[0]
+        if n == 0 or values.shape[1] == 0:
+            return
+        par = use_parallel(n * values.shape[1])
+        wide = max(self.rows, n) >= (1 << 31)
+        f = self.entries.get((par, wide))
+        if f is None:
+            ft = numba.from_dtype(self.tables[0].dtype)     # every scalar: the table's
+            sig = tuple(numba.typeof(a) for a in self.tables + (indices, values)) + (
+                numba.int64, numba.typeof(_KSAMPLES[wide])) + (ft,) * len(scalars)
+            f = self.entries[(par, wide)] = _variants.entry(self.name, par, sig)
+        f(*self.tables, indices, values, work_items(par), _KSAMPLES[wide], *scalars)

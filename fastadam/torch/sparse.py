@@ -33,6 +33,10 @@ from .. import _scalars
 from .._errors import BackendUnavailableError
 
 
+#: the key of the host arrays' extents in a bucket's ``arrays`` (:func:`_overlaps`)
+_EXTENTS = ("sparse", "extents")
+
+
 class _SparseGrad:
     """A checked sparse gradient of one parameter, as a row-sparse update."""
 
@@ -49,19 +53,17 @@ def _numpy_range(x):
     return x.min(), x.max()
 
 
-_RANGE = []
-
-
 def _index_range(x):
     """``(min, max)`` of a non-empty 1-D integer array: one compiled pass where numba
-    is installed (about 1 us for 8,192 lookups, NumPy's two reductions about 5)."""
-    if not _RANGE:
-        try:
-            from ..kernels.cpu_sparse import index_range
-        except ImportError:             # no numba: NumPy's reductions
-            index_range = _numpy_range
-        _RANGE.append(index_range)
-    return _RANGE[0](x)
+    is installed (about 1 us for 8,192 lookups, NumPy's two reductions about 5).  The
+    first call puts the implementation in this name's place."""
+    global _index_range
+    try:
+        from ..kernels.cpu_sparse import index_range
+    except ImportError:                 # no numba: NumPy's reductions
+        index_range = _numpy_range
+    _index_range = index_range
+    return index_range(x)
 
 
 def _rows_of(g, i, gi):
@@ -71,20 +73,44 @@ def _rows_of(g, i, gi):
     k = g.sparse_dim()
     shape = g.shape
     ind = g._indices().numpy()                  # (k, nnz) int64; NumPy indexing is cheaper
+    if k == 1:                                  # an embedding's gradient
+        idx = ind[0]
+        if idx.shape[0]:
+            lo, hi = _index_range(idx)
+            if lo < 0 or hi >= shape[0]:
+                _out_of_range(i, gi, 0, lo, hi, shape[0])
+        return idx, shape[0]
     if ind.shape[1]:
         for d in range(k):
             lo, hi = _index_range(ind[d])
             if lo < 0 or hi >= shape[d]:
-                raise IndexError(f"the sparse gradient of parameter {i} of param group {gi} "
-                                 f"has index {lo if lo < 0 else hi} in dimension {d} of size "
-                                 f"{shape[d]}")
-    if k == 1:
-        return ind[0], shape[0]
+                _out_of_range(i, gi, d, lo, hi, shape[d])
     lin = np.zeros(ind.shape[1], np.int64)
     for d in range(k):
         lin *= shape[d]
         lin += ind[d]
     return lin, math.prod(shape[:k])
+
+
+def _out_of_range(i, gi, d, lo, hi, size):
+    raise IndexError(f"the sparse gradient of parameter {i} of param group {gi} has index "
+                     f"{lo if lo < 0 else hi} in dimension {d} of size {size}")
+
+
+def _overlaps(b, lo, nbytes):
+    """Whether bytes ``[lo, lo + nbytes)`` overlap one of bucket ``b``'s host arrays
+    (their extents, as ``np.may_share_memory``); the extents are kept in ``b.arrays``,
+    which is emptied whenever a host array is added or replaced."""
+    ext = b.arrays.get(_EXTENTS)
+    if ext is None:
+        ext = b.arrays[_EXTENTS] = tuple(
+            (a.__array_interface__["data"][0], a.__array_interface__["data"][0] + a.nbytes)
+            for a in b.host.values() if a.nbytes)
+    hi = lo + nbytes
+    for a, z in ext:
+        if lo < z and a < hi:
+            return True
+    return False
 
 
 def _densify(b, i, sg):
@@ -162,15 +188,28 @@ class _SparseMixin:
             g = g.detach()
         idx, rows = _rows_of(g, i, b.gi)
         dim = v.numel() // rows if rows else 0
-        vals = g._values()
-        if vals.is_neg():
-            vals = vals.resolve_neg()
-        vals = vals.contiguous().numpy().reshape(idx.shape[0], dim)
-        for t in b.host.values():
-            if np.may_share_memory(vals, t):    # values the step would overwrite: a copy
-                vals = vals.copy()
-                break
+        tv = g._values()
+        if tv.is_neg():
+            tv = tv.resolve_neg()
+        tv = tv.contiguous()
+        vals = tv.numpy().reshape(idx.shape[0], dim)
+        if vals.nbytes and _overlaps(b, tv.data_ptr(), vals.nbytes):
+            vals = vals.copy()                  # values the step would overwrite: a copy
         return _SparseGrad(np.ascontiguousarray(idx), vals, rows, dim), dense
+
+    def _sparse_runs(self, b, grads, hp):
+        """The runs of a step of an optimizer that takes sparse gradients only (all of
+        ``grads`` sparse or None: checked before): one row-sparse call per gradient,
+        each checked (:meth:`_sparse_grad`); None where one would run dense (the general
+        planning then takes over; it checks them again).  Changes nothing."""
+        runs = []
+        for i, g in enumerate(grads):
+            if g is not None:
+                sg, dense = self._sparse_grad(b, i, g, hp)
+                if dense:
+                    return None
+                runs.append((i, i + 1, sg))
+        return runs
 
     def _ensure(self, b, name):
         """Make state ``name`` of bucket ``b`` if it does not exist yet."""
@@ -180,12 +219,39 @@ class _SparseMixin:
             b.ensure_state(name, self._fill(name))
 
     def _sparse_call(self, b, hp, t, i, sg):
-        """The row-sparse kernel call of parameter ``i`` of bucket ``b`` at step ``t``."""
+        """The row-sparse kernel call of parameter ``i`` of bucket ``b`` at step ``t``.
+
+        What does not change from step to step -- the state made, the parameter's
+        slices of the flat parameter and state buffers as tables, and on the numba
+        backend the kernel bound to them (:class:`fastadam.kernels.cpu_sparse.Bound`:
+        its compiled entry points, the scalars as Python floats) -- is kept in
+        ``b.arrays`` (emptied whenever a state buffer is made or replaced)."""
         opt, fhp = self._sparse_step_hp(hp, t, sg)
-        kname, scal = getattr(_scalars, opt)(b.np_dtype, **fhp)
+        bind = getattr(b.backend, "sparse_bind", None)
+        kname, scal = getattr(_scalars, opt)(
+            b.np_dtype if bind is None else _scalars.python_floats(b.np_dtype), **fhp)
         vals = sg.vals
         if self._xf is not None and self._xf[0] != 1.0:     # GradScaler's unscaling
             vals = vals * b.np_dtype.type(self._xf[0])
+        key = ("sparse", kname, i, sg.rows)
+        c = b.arrays.get(key)
+        if c is None:
+            c = b.arrays[key] = self._sparse_tables(b, kname, i, sg, bind)
+        names, tables, f = c
+        if f is not None:
+            f(sg.idx, vals, scal)
+            return
+        run = getattr(b.backend, "sparse_run", None)
+        if run is not None:
+            run(kname, tables, sg.idx, vals, scal)
+        else:                                   # the NumPy reference
+            b.backend.sparse_step(opt, dict(zip(("param",) + names, tables)), sg.idx, vals,
+                                  fhp)
+
+    def _sparse_tables(self, b, kname, i, sg, bind):
+        """``(state names, tables, bound kernel or None)`` of parameter ``i``'s
+        row-sparse calls of kernel ``kname``: its state made, its slices of the flat
+        buffers as ``(rows, dim)`` tables (row-wise state ``(rows,)``)."""
         names = _scalars.SPARSE_KERNEL_STATES[kname]
         for name in names:
             self._ensure(b, name)
@@ -198,9 +264,4 @@ class _SparseMixin:
                 tables.append(h[name][ro[i]:ro[i + 1]])
             else:
                 tables.append(h[name][lo:lo + n].reshape(sg.rows, sg.dim))
-        run = getattr(b.backend, "sparse_run", None)
-        if run is not None:
-            run(kname, tables, sg.idx, vals, scal)
-        else:                                   # the NumPy reference
-            b.backend.sparse_step(opt, dict(zip(("param",) + names, tables)), sg.idx, vals,
-                                  fhp)
+        return names, tables, None if bind is None else bind(kname, tables)

@@ -243,6 +243,10 @@ class _StepMixin(_GradListMixin):
                 self._check_mu(rec[0], int(b.steps[0]) + 1, float(b.mu[0]))
             return b, rec, (), (), ((0, len(params), None),)
         hp = rec[0]
+        if self._sparse == "require" and not moved:     # sparse gradients only: a run each
+            runs = self._sparse_runs(b, grads, hp)
+            if runs is not None:
+                return b, rec, (), (), runs
         readopt = []
         if moved:
             for i, p in enumerate(params):
