@@ -18,7 +18,8 @@ contender runs interleaved in one process (:func:`fastadam.bench.timing.interlea
   step must move: it reads each lookup's index entry and gradient row (all
   ``lookups x dim`` of them, summed per row in lookup order, with plain loops) and
   reads and writes the table, ``exp_avg`` and ``exp_avg_sq`` rows (trivial math), on
-  NumPy-allocated tables (transparent huge pages, as fastadam's flat buffers);
+  tables allocated as fastadam's flat buffers (:mod:`fastadam._alloc`: page-aligned,
+  transparent huge pages);
   ``row-traffic loop, torch memory``: the same loop on torch-allocated tables (4 KiB
   pages where THP is in its ``madvise`` mode: what torch's optimizers run on);
   ``row-traffic loop, pre-summed``: a lower floor that also skips the gradient reads
@@ -46,6 +47,7 @@ import sys
 
 import numpy as np
 
+from .. import _alloc
 from .._progress import Progress
 from .contenders import _fastadam_torch, _torch
 from .report import machine_info
@@ -191,11 +193,13 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
         np.add.at(g, inv.reshape(-1), x)
         presummed.append((r, g))
     if want("row-traffic loop"):
-        tables = [base.copy(), np.full_like(base, 0.0), np.full_like(base, 0.0)]
+        tables = [_alloc.copy(base), _alloc.zeros(base.shape, base.dtype),
+                  _alloc.zeros(base.shape, base.dtype)]
         loop = _row_loop()
         out["row-traffic loop"] = _cycle(lambda a, t=tables: loop(*t, *a), grouped)
     if want("row-traffic loop, pre-summed"):
-        tables2 = [base.copy(), np.full_like(base, 0.0), np.full_like(base, 0.0)]
+        tables2 = [_alloc.copy(base), _alloc.zeros(base.shape, base.dtype),
+                   _alloc.zeros(base.shape, base.dtype)]
         loop2 = _presummed_loop()
         out["row-traffic loop, pre-summed"] = _cycle(lambda rg, t=tables2: loop2(*t, *rg),
                                                      presummed)
