@@ -118,16 +118,15 @@ def lerp_weight(dtype, w):
     RMSprop's centered rules take the same value and tell the branch by ``lw == oma``
     instead, a test that holds for any ``w`` (torch accepts ``alpha > 1``).
     """
-    key = (dtype, w)
-    try:
-        return _LERP[key]
-    except (KeyError, TypeError):   # (TypeError: an unhashable dtype stand-in)
-        pass
+    key = (dtype, w) if type(w) is float else None     # (a float weight: hashable)
+    r = _LERP.get(key)
+    if r is not None:
+        return r
     c = dtype.type
     f = getattr(dtype, "kernel_type", None) or c     # the kernel's type (PythonFloats*)
     wt = f(w)
     r = c(wt) if abs(float(wt)) < 0.5 else c(f(wt - f(1.0)))
-    if type(w) is float and len(_LERP) < 256:
+    if key is not None and len(_LERP) < 256:
         _LERP[key] = r
     return r
 

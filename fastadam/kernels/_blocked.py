@@ -42,7 +42,6 @@ from numba import types as nbt
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-
 #: Elements per parallel work item.
 CHUNK = 4096
 #: Bytes of a cache line (one prefetch hint each).
@@ -55,12 +54,10 @@ AHEAD_LINES = 64
 #: Smallest first array, in bytes, run in sub-blocks (2M float32 elements); below, the
 #: plain ``prange`` loop, which measured as fast there (and up to 1.5x faster at 64K,
 #: where the per-sub-block overhead shows and the data sits in L2).
+#: (``fastadam._config.PREFETCH_SUB_BLOCKS`` says whether :mod:`.cpu`'s dense kernels take
+#: the sub-block form at all; the other users of :func:`blocked_loop`, the clamped float32
+#: Adam of :mod:`.cpu_lowp` and the master-weight kernels, always do.)
 MIN_BYTES = 8 << 20
-
-
-# fastadam._config.PREFETCH_SUB_BLOCKS says whether .cpu's dense kernels run in prefetched
-# sub-blocks from MIN_BYTES on; the other users of blocked_loop (the clamped float32 Adam
-# of cpu_lowp, the master-weight kernels) always do.
 
 _I32 = ir.IntType(32)
 

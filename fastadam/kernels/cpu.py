@@ -156,8 +156,9 @@ def _gradlist_loop(name: str):
                                   globals(), name)
 
 
-# Cache entries are keyed by the rules' sources, the sub-block loop's source and the
-# compile flags, which numba's own cache check (this file's timestamp) does not see.
+# Cache entries are keyed by the rules' sources, the sub-block loop's source, whether the
+# parallel variants take that form, and the compile flags, which numba's own cache check
+# (this file's timestamp) does not see.
 _RULES_HASH = (_rules.source_hash(extra=repr(sorted(FASTMATH))) + _blocked.HASH
                + _fma.HASH + ("p" if PREFETCH_SUB_BLOCKS else "n"))
 _variants = KernelVariants(
