@@ -3,10 +3,10 @@
 NumPy's allocator returns memory 16 bytes past a page boundary (glibc's chunk header), so
 a plain ``np.empty`` buffer is 16-byte aligned, never 64-byte: every 64-byte vector load
 and store of a compiled step (AVX-512) then spans two cache lines.  Measured on the
-development VM (AMD EPYC, AVX-512, float32 Adam's traffic at 8M elements, one process,
-interleaved): the memory-roofline loop took 3.22 ms on 16-byte-aligned buffers against
-2.29 ms on page-aligned ones with 2 threads (1.4x), 7.5 against 4.5-4.9 ms with one
-thread (1.5-1.7x); torch's allocator (64-byte aligned, no huge pages) 6.4 ms with one.
+development VM (AMD EPYC, AVX-512; the memory-roofline loop moving float32 Adam's
+traffic; one process, the two layouts interleaved, four quiet runs): with 2 threads
+1.2-1.6x longer on 16-byte-aligned buffers than on page-aligned ones at 8M elements,
+1.3-2.0x at 32M; with one thread 1.7-2.1x at 8M.
 
 :func:`empty`, :func:`zeros`, :func:`full` and :func:`copy` make buffers whose first
 element lies on a page (4,096 bytes) from :data:`PAGE_MIN` bytes on -- an anonymous

@@ -30,7 +30,8 @@ def _prefetch_sub_blocks() -> bool:
     CPUs.  Measured, float32 Adam's traffic, 2 threads: on an Intel Sapphire Rapids VM
     (2026-11-28) the form moved the same bytes 1.20-1.30x faster than the plain loop at
     8M params; on an AMD EPYC (Zen 4) VM (2026-12-05), with the page-aligned buffers of
-    :mod:`fastadam._alloc`, 1.2-1.4x slower at 8M-32M (up to 1.8x with one thread)."""
+    :mod:`fastadam._alloc`, 1.16-1.37x slower at 8M-32M in the VM's fast memory mode,
+    1.0-1.07x in its slow one (up to 1.8x with one thread)."""
     env = os.environ.get("FASTADAM_PREFETCH_SUB_BLOCKS")
     if env in ("0", "1"):
         return env == "1"

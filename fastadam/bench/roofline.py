@@ -16,7 +16,7 @@ Each loop exists in two forms: the plain element loop, and the prefetched
 sub-block form of :mod:`fastadam.kernels._blocked` (chunks of sub-blocks, each
 first prefetching the sub-block ahead), which moved the same bytes up to ~1.3x
 faster where the arrays outgrow L2 (8M params) on an Intel Sapphire Rapids VM, and
-1.2-1.4x slower on an AMD EPYC (Zen 4) VM with aligned arrays.  The arrays are
+up to 1.4x slower on an AMD EPYC (Zen 4) VM with aligned arrays.  The arrays are
 aligned as fastadam's own buffers (:mod:`fastadam._alloc`).  Each form is compiled twice
 like the real kernels (a ``parallel=True`` prange loop and a serial one, same
 numba options, same threading layer): the four :data:`VARIANTS`.  The bench

@@ -9,7 +9,7 @@ parallel one is generated from it by :func:`._blocked.blocked_loop`: the same ru
 call, as a plain prange loop up to 8 MiB per array and in prefetched sub-blocks
 beyond (measured against the plain prange loop on an Intel Sapphire Rapids VM,
 float32: 1.1-1.4x faster at 8M params, 1.05-1.15x at 32M; float64 1.05-1.3x at
-4M-16M; the same bits); elsewhere (AMD CPUs: it measured 1.2-1.4x slower on
+4M-16M; the same bits); elsewhere (AMD CPUs: it measured up to 1.4x slower on
 aligned buffers) it is the plain loop compiled with ``parallel=True``.  Both use
 numba's on-disk cache; the cache entries are keyed by a hash of the rule sources,
 of :mod:`._blocked` and of that choice, because numba itself only notices edits to
