@@ -23,6 +23,8 @@ import copy
 
 import numpy as np
 
+from .. import _alloc
+
 STATE_DICT_FORMAT = "fastadam.optimizer"
 STATE_DICT_VERSION = 1
 
@@ -105,7 +107,7 @@ class CheckpointMixin:
                         raise ValueError(f"checkpoint state {k!r} (group {gi}, {dt}) has shape "
                                          f"{v.shape} / dtype {v.dtype}, expected {shape} "
                                          f"/ {sdt}")
-                    st[k] = np.array(v, dtype=sdt, copy=True)
+                    st[k] = _alloc.copy(v)      # (aligned, as the state it replaces)
                 else:
                     st[k] = v
             if not isinstance(st.get("step"), (int, np.integer)) or st["step"] < 0:
