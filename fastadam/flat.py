@@ -227,6 +227,23 @@ class FlatParams:
             for k in self._order:
                 params[k] = self.params[k]
 
+    # -- copy / pickle ---------------------------------------------------------------
+    def __getstate__(self):
+        """What ``copy.deepcopy`` and ``pickle`` keep: the flat buffers and the layout,
+        not the views (copied on their own they would no longer view the buffers)."""
+        d = dict(self.__dict__)
+        del d["params"], d["grads"]
+        return d
+
+    def __setstate__(self, d):
+        """Rebuild from :meth:`__getstate__`: the buffers copied into aligned memory
+        (:mod:`fastadam._alloc`) and the views of them made again."""
+        self.__dict__.update(d)
+        for fb in self.buffers:
+            fb.data, fb.grad = _alloc.copy(fb.data), _alloc.copy(fb.grad)
+        self.params = self._assemble(lambda fb: fb.views(fb.data))
+        self.grads = self._assemble(lambda fb: fb.views(fb.grad))
+
     # -- layout helpers ------------------------------------------------------------
     def _assemble(self, per_buffer):
         found = {}

@@ -160,3 +160,16 @@ def test_torch_master_weights():
     assert "master_param" in b.state
     assert all(t.data_ptr() % _alloc.PAGE == 0 for t in b.state.values())
     assert b.data.data_ptr() % _alloc.PAGE == 0
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_numpy_facade_copies_are_aligned(how):
+    import copy
+    import pickle
+    a = fastadam.Adam({"w": np.ones(BIG, np.float32)})
+    a.step()
+    b = copy.deepcopy(a) if how == "deepcopy" else pickle.loads(pickle.dumps(a))
+    fb = b.flat[0].buffers[0]
+    assert _aligned(fb.data) and _aligned(fb.grad)
+    arrays = [v for v in b.state[0]["float32"].values() if isinstance(v, np.ndarray)]
+    assert arrays and all(_aligned(v) for v in arrays)

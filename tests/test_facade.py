@@ -330,3 +330,42 @@ def test_refused_state_dtype_leaves_the_callers_arrays_alone():
     with pytest.raises(TypeError, match="float32"):
         fastadam.Adam(d, state_dtype="bfloat16")
     assert d["w"] is w and w.base is None
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name, kw", [("Adam", {}), ("Adam", {"state_dtype": "int8"}),
+                                      ("SGD", {"momentum": 0.9}), ("RMSprop", {})])
+def test_copies_keep_params_and_grads_viewing_their_buffers(how, name, kw):
+    """A copy (``copy.deepcopy``, ``pickle``) of an optimizer is a working optimizer: its
+    ``params`` / ``grads`` view its own flat buffers (gradients written there are the
+    ones its step reads; the step's results show in ``params``), its steps continue the
+    original's exactly, and the original is untouched by them."""
+    import copy
+    import pickle
+    rng = np.random.default_rng(3)
+    init = {"w": rng.standard_normal((64, 33)).astype(np.float32),
+            "b": rng.standard_normal(7).astype(np.float32)}
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in init.items()}
+             for _ in range(3)]
+    a = getattr(fastadam, name)({k: v.copy() for k, v in init.items()}, lr=0.01, **kw)
+    for k in init:
+        a.grads[k][...] = grads[0][k]
+    a.step()
+    b = copy.deepcopy(a) if how == "deepcopy" else pickle.loads(pickle.dumps(a))
+    before = {k: v.copy() for k, v in a.params.items()}
+    for g in grads[1:]:
+        for k in init:
+            b.grads[k][...] = g[k]
+        b.step()
+    for k in init:
+        np.testing.assert_array_equal(a.params[k], before[k])      # the original: untouched
+        assert not np.array_equal(b.params[k], before[k])          # the copy's steps show
+    for g in grads[1:]:
+        for k in init:
+            a.grads[k][...] = g[k]
+        a.step()
+    for k in init:
+        np.testing.assert_array_equal(b.params[k], a.params[k])    # the same steps
+    fb = b.flat[0].buffers[0]
+    assert all(np.shares_memory(b.params[k], fb.data) for k in init)
+    assert all(np.shares_memory(b.grads[k], fb.grad) for k in init)

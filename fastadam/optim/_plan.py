@@ -29,7 +29,7 @@ import operator
 
 import numpy as np
 
-from .. import _scalars, _validate
+from .. import _alloc, _scalars, _validate
 
 _DTYPE_NAMES: dict = {}
 
@@ -49,13 +49,33 @@ def _hp_argument(_dtype, **hp):
     return None, (hp,)
 
 
+#: The per-step caches (see the module docstring): dropped by :meth:`_clear_caches` and
+#: by copies.
+_CACHES = ("_fast", "_bound", "_hp_cache")
+
+
 class StepPlanMixin:
     """Step plans, bound kernels and their caches (see the module docstring)."""
 
     def _clear_caches(self) -> None:
         """Forget the per-step caches (validated hyperparameters, bound kernels)."""
-        for name in ("_fast", "_bound", "_hp_cache"):
+        for name in _CACHES:
             self.__dict__.pop(name, None)
+
+    def __getstate__(self):
+        """What ``copy.deepcopy`` and ``pickle`` keep: everything but the per-step caches,
+        whose bound kernels hold this optimizer's own arrays."""
+        return {k: v for k, v in self.__dict__.items() if k not in _CACHES}
+
+    def __setstate__(self, d):
+        """Rebuild from :meth:`__getstate__`: the state arrays copied into aligned memory
+        (:mod:`fastadam._alloc`; the flat parameters re-align themselves)."""
+        self.__dict__.update(d)
+        for per_dtype in self.state:
+            for st in per_dtype.values():
+                for k, v in st.items():
+                    if isinstance(v, np.ndarray):
+                        st[k] = _alloc.copy(v)
 
     # -- the per-step hot path ---------------------------------------------------------
     def _step_plan(self, prepare: bool = True) -> list:
