@@ -186,3 +186,32 @@ def test_lerp_branch_of_repeated_steps_is_torchs(name, kw, key, regime):
         if regime == "bound":
             oa.zero_grad(set_to_none=False)
         assert torch.equal(oa.state[a][key], ob.state[b][key])
+
+
+def test_bound_whole_buffer_call_follows_a_kernel_change():
+    """The whole-buffer call with bound gradients keeps its compiled entry point between
+    steps; switching ``amsgrad`` (another kernel) off and on again mid-run gives
+    torch.optim's results at every step (float64, for-loop torch)."""
+    g = torch.Generator().manual_seed(7)
+    a = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64))
+         for s in [(40, 3), (7,)]]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    oa = ft.Adam(a, lr=1e-2, amsgrad=True)      # (torch cannot turn it on mid-run: its
+    ob = torch.optim.Adam(b, lr=1e-2, amsgrad=True, foreach=False)   # state lacks the max)
+    for k in range(8):
+        if k in (3, 6):
+            for o in (oa, ob):
+                o.param_groups[0]["amsgrad"] = k == 6
+        grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in a]
+        for p, q, gr in zip(a, b, grads):
+            if p.grad is None:
+                p.grad = gr.clone()
+            else:
+                p.grad.copy_(gr)                   # bound after the first zero_grad
+            q.grad = gr.clone()
+        oa.step()
+        ob.step()
+        oa.zero_grad(set_to_none=False)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-12, atol=1e-14)
+    assert oa._buckets[0].whole is not None       # the direct call was taken

@@ -48,8 +48,8 @@ except ImportError:  # pragma: no cover - older/newer torch
     _global_optimizer_pre_hooks = _global_optimizer_post_hooks = None
 
 
-def _profiler_enabled() -> bool:
-    return torch.autograd._profiler_enabled()
+#: whether torch's autograd profiler is on (its C function, called directly: per step)
+_profiler_enabled = torch.autograd._profiler_enabled
 
 
 #: attributes that __setstate__ rebuilds (the flat buffers and what indexes them) or,

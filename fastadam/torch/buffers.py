@@ -131,7 +131,7 @@ class _Bucket:
                  "mu_t", "mu", "host", "arrays", "uniform", "started", "all_started",
                  "backend", "run", "gnp", "sdt", "fmt", "base", "row_offsets", "shared",
                  "anchor", "probe", "noadopt", "gmap", "entry", "entries", "goffs",
-                 "gradlist")
+                 "gradlist", "whole")
 
     def __init__(self, gi, params, backend, scalar_dtype, state_dtype="float32"):
         p0 = params[0]
@@ -208,6 +208,9 @@ class _Bucket:
         # compiled entry points (numba, CPU): (kernel, parallel) -> f(*arrays, *scalars)
         self.entry = None if self.cuda else getattr(backend, "entry", None)
         self.entries = {}
+        # (kernel name, entry point) of the last whole-buffer call with the gradients in
+        # the flat buffer (fastadam.torch.step: called directly while the name matches)
+        self.whole = None
         # gradient-list calls (fastadam.torch.gradlist): (first, end parameter) -> the
         # run's gradient offsets, from 0, and an array of its gradients' addresses
         self.goffs = {}

@@ -368,11 +368,18 @@ class _StepMixin(_GradListMixin):
                 self._call_x(b, names, sc[0], 0, b.offsets[-1], None)
             elif type(g) is _GradList:  # the gradients read where they are, one call
                 self._call(b, kname, self._gradlist_arrays(b, arrays, 0, n, g), sc, True)
+            elif g is not None:     # one parameter, its gradient read where it is
+                g = g.detach().reshape(-1) if b.cuda else _np_of(g).reshape(-1)
+                self._call(b, kname, (arrays[0], g) + arrays[2:], sc)
             else:
-                if g is not None:     # one parameter, its gradient read where it is
-                    g = g.detach().reshape(-1) if b.cuda else _np_of(g).reshape(-1)
-                    arrays = (arrays[0], g) + arrays[2:]
-                self._call(b, kname, arrays, sc)
+                w = b.whole         # the bound whole-buffer call: its entry point, direct
+                if w is not None and w[0] is sc[1]:
+                    w[1](*arrays, *sc[2])
+                else:
+                    self._call(b, kname, arrays, sc)
+                    n_el = arrays[0].shape[0]
+                    b.whole = None if b.entry is None or not n_el else (
+                        sc[1], b.entries[(sc[1], n_el >= PARALLEL_THRESHOLD)])
             if advances:
                 if self._needs_step:              # uniform: every count was t - 1
                     steps.fill(t)
