@@ -185,14 +185,21 @@ def gradlist_loop(fn, n_arrays: int, rule: str, namespace: dict, name: str):
         views="\n".join(f"                {a}_ = {a}[lo:e]" for a in outs),
         outs=", ".join(f"{a}_[j]" for a in outs), rule=rule,
         ins=", ".join(f"{a}_[j]" for a in arrays), scalars=", ".join(scalars))
+    return _define(src, fn, name, name, namespace, prange=numba.prange, k_pointer=k_pointer,
+                   carray=numba.carray, np=np, _CHUNK=CHUNK)
+
+
+def _define(src, fn, name, qualname, namespace, **names):
+    """Function ``name`` of the generated source ``src``, resolving its names in
+    ``namespace`` (the kernel module's globals) and ``names``; compiled under ``fn``'s
+    file name (numba's cache wants a source file) and carrying ``fn``'s module and
+    docstring, ``qualname`` (numba names its cache files after it) and ``.source``."""
     ns = dict(namespace)
-    ns.update(prange=numba.prange, k_pointer=k_pointer, carray=numba.carray, np=np,
-              _CHUNK=CHUNK)
-    code = compile(src, fn.__code__.co_filename, "exec")
-    exec(code, ns)
+    ns.update(names)
+    exec(compile(src, fn.__code__.co_filename, "exec"), ns)
     out = ns[name]
     out.__module__ = fn.__module__
-    out.__qualname__ = name
+    out.__qualname__ = qualname
     out.__doc__ = fn.__doc__
     out.source = src
     return out
@@ -217,15 +224,7 @@ def blocked_loop(fn, n_arrays: int, rule: str, namespace: dict, min_bytes: int =
         outs_i=", ".join(f"{a}[i]" for a in outs), ins_i=", ".join(f"{a}[i]" for a in arrays),
         outs=", ".join(f"{a}_[j]" for a in outs), rule=rule,
         ins=", ".join(f"{a}_[j]" for a in arrays), scalars=", ".join(scalars))
-    ns = dict(namespace)
-    ns.update(prange=numba.prange, prefetch_ahead=prefetch_ahead, k_line=k_line, _CHUNK=CHUNK,
-              _SUB_LINES=SUB_LINES, _AHEAD_LINES=AHEAD_LINES, _MIN_LINES=min_bytes // LINE)
-    # compiled with the kernel module's file name: numba's cache wants a source file
-    code = compile(src, fn.__code__.co_filename, "exec")
-    exec(code, ns)
-    out = ns[fn.__name__]
-    out.__module__ = fn.__module__
-    out.__qualname__ = fn.__qualname__
-    out.__doc__ = fn.__doc__
-    out.source = src
-    return out
+    return _define(src, fn, fn.__name__, fn.__qualname__, namespace, prange=numba.prange,
+                   prefetch_ahead=prefetch_ahead, k_line=k_line, _CHUNK=CHUNK,
+                   _SUB_LINES=SUB_LINES, _AHEAD_LINES=AHEAD_LINES,
+                   _MIN_LINES=min_bytes // LINE)

@@ -447,10 +447,16 @@ get = _variants.get
 _KSAMPLES = (np.empty(0, np.int32), np.empty(0, np.int64))
 
 
+def _wide_keys(nrows: int, n: int) -> bool:
+    """Whether the sort's keys and positions need int64: the table's rows or the
+    lookups do not fit in int32."""
+    return max(nrows, n) >= (1 << 31)
+
+
 def index_dtype(nrows: int, n: int):
     """An empty array of the dtype of the sort's keys and positions: int32 when the
-    table's rows and the lookups fit in it, else int64."""
-    return _KSAMPLES[max(nrows, n) >= (1 << 31)]
+    table's rows and the lookups fit in it, else int64 (:func:`_wide_keys`)."""
+    return _KSAMPLES[_wide_keys(nrows, n)]
 
 
 #: Work items of a parallel call: :data:`ITEMS_PER_THREAD` per thread numba may run
@@ -508,7 +514,7 @@ class Bound:
         if n == 0 or values.shape[1] == 0:
             return
         par = use_parallel(n * values.shape[1])
-        wide = max(self.rows, n) >= (1 << 31)
+        wide = _wide_keys(self.rows, n)
         f = self.entries.get((par, wide))
         if f is None:
             ft = numba.from_dtype(self.tables[0].dtype)     # every scalar: the table's

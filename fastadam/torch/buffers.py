@@ -47,8 +47,8 @@ def _flat_tensor(n: int, dtype, device, fill=None):
     On the CPU the memory comes from :mod:`fastadam._alloc` and is wrapped
     zero-copy: page-aligned from 64 KiB (NumPy's own buffers are 16-byte aligned,
     and AVX-512 loads and stores that span two cache lines made a step up to 1.6x
-    slower at 8M params, 2.0x at 32M), with transparent huge pages asked for on large buffers (``madvise``), which
-    torch's allocator does not do.  With THP in its common ``madvise`` mode, an
+    slower at 8M params, 2.0x at 32M), with transparent huge pages asked for on
+    large buffers (``madvise``), which torch's allocator does not do.  With THP in its common ``madvise`` mode, an
     Adam step over 32M float32 elements measured 20.0 ms on torch-allocated
     memory against 17.0 ms on NumPy-allocated memory (TLB misses), so every
     flat buffer of the CPU adapter is allocated this way (the flat gradient:

@@ -32,8 +32,9 @@ from .buffers import _data_ptr
 
 #: Gradients of at least this many bytes are not joined into a gradient-list call
 #: (:class:`_GradList`): each is a call of its own, where the parallel kernels run in
-#: prefetched sub-blocks (from :data:`fastadam.kernels._blocked.MIN_BYTES`, the same
-#: 8 MiB; not imported from there, which would import numba with fastadam.torch).
+#: prefetched sub-blocks where ``fastadam._config.PREFETCH_SUB_BLOCKS`` is on (from
+#: :data:`fastadam.kernels._blocked.MIN_BYTES`, the same 8 MiB; not imported from there,
+#: which would import numba with fastadam.torch).
 _GRADLIST_MAX_BYTES = 8 << 20
 #: ``_plan``'s mark of a gradient to read where it is, in its run's gradient-list call.
 _JOIN = object()
