@@ -1,4 +1,5 @@
-"""Every flat buffer fastadam allocates starts on a page (>= 64 KiB) or a cache line.
+"""Every flat buffer fastadam allocates starts on a page (>= 64 KiB) or a cache line;
+the large ones (>= HUGE_MIN) take the colours of :mod:`fastadam._alloc` in turn.
 
 NumPy's own allocations are 16-byte aligned; AVX-512 loads and stores that span two
 cache lines made a step up to 1.4x slower (:mod:`fastadam._alloc`).  These tests read
@@ -73,6 +74,53 @@ def test_without_anonymous_mappings(monkeypatch):
     assert not isinstance(a.base, np.ndarray)
     a[:] = 1.0
     assert (_alloc.full(BIG, 2.0, np.float32) == 2.0).all()
+
+
+HUGE_ELEMS = _alloc.HUGE_MIN // 4 + 1000       # float32: past HUGE_MIN, not whole huge pages
+linux_mmap = pytest.mark.skipif(not hasattr(__import__("mmap"), "MAP_PRIVATE"),
+                                reason="anonymous mappings (the coloured path) missing")
+
+
+@linux_mmap
+def test_large_buffers_take_the_colours_in_turn():
+    """Consecutive buffers of HUGE_MIN bytes or more start 0 .. COLORS - 1 pages past a
+    2 MiB boundary, each colour once in COLORS allocations: the rows of a table and of its
+    state do not share cache sets and DRAM banks (uncoloured, all started on a 2 MiB
+    boundary: a row-sparse Adam step took 1.5-2x as long)."""
+    bufs = [_alloc.zeros(HUGE_ELEMS, np.float32) for _ in range(_alloc.COLORS)]
+    colors = sorted(a.ctypes.data % _alloc.HUGE // _alloc.PAGE for a in bufs)
+    assert colors == list(range(_alloc.COLORS))
+    for a in bufs:
+        assert a.ctypes.data % _alloc.PAGE == 0 and not a.any()
+        a[:] = 1.0                                   # the whole buffer is writable
+        assert a.sum() == HUGE_ELEMS
+    # lazy_zeros (fastadam.torch's flat gradient) takes its colour from the same turn
+    lazy = [_alloc.lazy_zeros(HUGE_ELEMS, np.float32)[0] for _ in range(_alloc.COLORS)]
+    assert len({a.ctypes.data % _alloc.HUGE for a in lazy}) == _alloc.COLORS
+
+
+@linux_mmap
+@pytest.mark.parametrize("n", [HUGE_ELEMS, 3 * (_alloc.HUGE // 4), _alloc.HUGE_MIN // 4])
+def test_huge_page_advice_stays_inside_the_buffer(n):
+    """The stretch advised MADV_HUGEPAGE is whole huge pages, starts at most COLORS - 1
+    pages before the buffer and ends inside it: no huge page commits memory past the
+    buffer's end (the peak-memory tests of test_memory.py measure the same)."""
+    a, region = _alloc.lazy_zeros(n, np.float32)
+    base = np.frombuffer(region.mmap, np.uint8, count=1).ctypes.data
+    lo = a.ctypes.data - base                         # the buffer's place in the mapping
+    hi = lo + a.nbytes
+    assert (base + region.start) % _alloc.HUGE == 0
+    assert region.length % _alloc.HUGE == 0 and region.length > 0
+    assert region.start <= lo < region.start + _alloc.COLORS * _alloc.PAGE
+    assert region.start + region.length <= hi < region.start + region.length + _alloc.HUGE
+    region.madvise(__import__("mmap").MADV_HUGEPAGE)  # what bind_grad does: accepted
+    a[:] = 2.0
+    assert (a == 2.0).all()
+
+
+def test_small_lazy_zeros_are_plain_zeros():
+    a, region = _alloc.lazy_zeros(SMALL, np.float32)
+    assert region is None and not a.any() and _aligned(a)
 
 
 def test_views_keep_the_memory_alive():

@@ -135,11 +135,19 @@ def _facade(cls_name: str, kwargs: dict, p0, g0, backend="auto"):
     return opt.step
 
 
+def _torch_copy(torch, a):
+    """A copy of NumPy array ``a`` in memory torch allocated (64-byte aligned, as the
+    parameters and gradients of a torch model): NumPy's own allocations of large arrays
+    sit 16 bytes past a page boundary, which slows torch's and DeepSpeed's steps on them
+    (measured at 1M: fused Adam 1.13x, DeepSpeedCPUAdam 1.08x slower)."""
+    return torch.from_numpy(a).clone()
+
+
 def _torch_adam(torch, params_grads, mode):
     ps = []
     for p0, g0 in params_grads:
-        p = torch.nn.Parameter(torch.from_numpy(np.array(p0, copy=True)))
-        p.grad = torch.from_numpy(np.array(g0, copy=True))
+        p = torch.nn.Parameter(_torch_copy(torch, p0))
+        p.grad = _torch_copy(torch, g0)
         ps.append(p)
     kw = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True),
           "fused": dict(fused=True)}[mode]
@@ -150,8 +158,8 @@ def _torch_adam(torch, params_grads, mode):
 def _ds_adam(DS, torch, params_grads):
     ps = []
     for p0, g0 in params_grads:
-        p = torch.nn.Parameter(torch.from_numpy(np.array(p0, copy=True)))
-        p.grad = torch.from_numpy(np.array(g0, copy=True))
+        p = torch.nn.Parameter(_torch_copy(torch, p0))
+        p.grad = _torch_copy(torch, g0)
         ps.append(p)
     opt = DS(ps, lr=LR, betas=BETAS, eps=EPS, adamw_mode=False)
     return opt.step
@@ -237,7 +245,7 @@ def model_contenders(shapes, peers: bool = True) -> dict:
 
 def _fastadam_torch_adam(torch, params_grads):
     ft = _fastadam_torch()
-    ps = [torch.nn.Parameter(torch.from_numpy(np.array(p, copy=True))) for p, _ in params_grads]
+    ps = [torch.nn.Parameter(_torch_copy(torch, p)) for p, _ in params_grads]
     opt = ft.Adam(ps, lr=LR, betas=BETAS, eps=EPS)
     # after a first step, zero_grad(set_to_none=False) binds every .grad to a view of
     # the flat gradient buffer; backward then accumulates straight into it: the fast path.
@@ -259,8 +267,8 @@ def _fastadam_torch_fresh(torch, params_grads):
     ``.grad`` is assigned a gradient tensor other than the last one (two sets, used in
     turn; the assignment is part of the time), never a view of the flat buffer."""
     ft = _fastadam_torch()
-    ps = [torch.nn.Parameter(torch.from_numpy(np.array(p, copy=True))) for p, _ in params_grads]
-    sets = [[torch.from_numpy(np.array(g, copy=True)) for _, g in params_grads]
+    ps = [torch.nn.Parameter(_torch_copy(torch, p)) for p, _ in params_grads]
+    sets = [[_torch_copy(torch, g) for _, g in params_grads]
             for _ in range(2)]
     opt = ft.Adam(ps, lr=LR, betas=BETAS, eps=EPS)
     turn = [0]

@@ -213,7 +213,9 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
         loop = _row_loop()
         out["row-traffic loop, torch memory"] = _cycle(
             lambda a, arrs=arrs, tt=tt: loop(*arrs, *a), grouped)
-    grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(x),
+    # every tensor in torch's own memory (64-byte aligned), as a model's: NumPy puts a
+    # large array 16 bytes past a page boundary, so each 256-byte row would span 5 lines
+    grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(x).clone(),
                                      (rows, dim)) for i, x in zip(idx, vals)]
     dense = []
     makers = dict(PEERS if peers else {})
@@ -222,11 +224,11 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
     for name, (make, is_dense) in makers.items():
         if not want(name):
             continue
-        w = torch.nn.Parameter(torch.from_numpy(base.copy()))
+        w = torch.nn.Parameter(torch.from_numpy(base).clone())
         opt = make(torch, ft, [w])
         if is_dense and not dense:
             dense.append(torch.from_numpy(
-                rng.standard_normal((rows, dim), dtype=np.float32) * 0.01))
+                rng.standard_normal((rows, dim), dtype=np.float32) * 0.01).clone())
 
         def step(g, w=w, opt=opt, d=dense[0] if is_dense else None):
             w.grad = g if d is None else d

@@ -37,10 +37,6 @@ def _u16(t):
     return t.view(torch.int16).numpy().view(np.uint16)
 
 
-#: Smallest buffer (bytes) that :func:`_lazy_zeros` maps lazily.
-_LAZY_MIN = 4 << 20
-
-
 def _flat_tensor(n: int, dtype, device, fill=None):
     """A new 1-D tensor of ``n`` elements (uninitialised when ``fill`` is None).
 
@@ -69,8 +65,9 @@ def _flat_tensor(n: int, dtype, device, fill=None):
 
 def _lazy_zeros(n: int, npdt):
     """``(tensor, mapping)``: ``n`` zeros of NumPy dtype ``npdt`` on the CPU, mapped on
-    first touch (``mapping``: the ``mmap`` to advise later; None below :data:`_LAZY_MIN`
-    bytes or where ``madvise`` is missing, then a plain zero-filled array).
+    first touch (``mapping``: the :class:`fastadam._alloc.Mapping` to advise later;
+    None below :data:`fastadam._alloc.HUGE_MIN` bytes or where ``madvise`` is missing,
+    then a plain zero-filled array): :func:`fastadam._alloc.lazy_zeros`.
 
     The flat gradient: no page costs memory before it is written, so with fresh
     gradient tensors each step (torch's default ``zero_grad()``, big gradients read
@@ -81,12 +78,8 @@ def _lazy_zeros(n: int, npdt):
     bound to the buffer (``zero_grad(set_to_none=False)``), where the whole buffer
     is written each step and huge pages save TLB misses.
     """
-    nbytes = n * npdt.itemsize
-    if nbytes >= _LAZY_MIN and hasattr(mmap, "MADV_HUGEPAGE"):
-        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
-        m.madvise(mmap.MADV_NOHUGEPAGE)
-        return torch.from_numpy(np.frombuffer(m, dtype=npdt)), m
-    return torch.from_numpy(_alloc.zeros(n, npdt)), None
+    a, m = _alloc.lazy_zeros(n, npdt)
+    return torch.from_numpy(a), m
 
 
 def _view(flat, lo: int, hi: int, shape=None):
