@@ -16,20 +16,23 @@ on a cache line (64 bytes: a view of a slightly larger zero-filled array).  The 
 ``.base`` is a buffer object (the mapping, or a ``memoryview``), not another array, so
 it is its own owner along NumPy's ``.base`` chain.
 
-**Colours.**  Linux places a large anonymous mapping on a 2 MiB boundary, and with
-huge pages the low 21 bits of a virtual address are those of the physical one: the
-buffers of one bucket (parameters, ``exp_avg``, ``exp_avg_sq``) would then all start at
-the same offset modulo 2 MiB, so element ``i`` of each lies in the same cache set and
-DRAM bank.  A dense step streams through them and does not mind; a row-sparse step
-(embedding tables) jumps to row ``r`` of each at once, and the rows conflict.  So each
-buffer of :data:`HUGE_MIN` bytes or more starts ``k`` pages past a 2 MiB boundary, ``k``
-taking the values ``0 .. COLORS - 1`` in turn (still page-aligned; its mapping is 2 MiB
-and ``k`` pages longer, address space only: those pages are never touched).  Padding the
-mapping alone would not do: Linux packs mappings one below the other, which undoes an
-offset at the start.  Measured (SparseAdam's kernel, 1M x 64 float32 table, one process,
-interleaved): 8,192 Zipf lookups 216 -> 134-139 us, 8,192 uniform ones 1.32 -> 0.64-0.67
-ms with the three tables 1, 3, 9 or 34 pages apart; the dense Adam kernel unchanged
-(0.96-1.06x, noise) at 1M-32M elements.
+**Colours.**  Linux places anonymous mappings one below the other, and one whose length
+is a multiple of 2 MiB on a 2 MiB boundary: equal tables (a 1M x 64 float32 embedding
+table, its ``exp_avg`` and ``exp_avg_sq``: 256 MiB each) then lay exactly 256 MiB apart, so
+row ``r`` of each was a power of two away from the others.  A dense step streams through
+them and does not mind; a row-sparse step jumps to row ``r`` of each at once, and took
+1.5x as long.  Measured (SparseAdam's kernel, 1M x 64, 8,192 Zipf lookups, the three
+tables placed by hand in one mapping, interleaved): 256 or 512 MiB apart 208-225 us; 384
+MiB apart 162-172; 257 or 258 MiB, or 256 MiB + 4 KiB apart, 134-145 (the offset modulo 2
+MiB alone is not it: tables on 2 MiB boundaries 258 MiB apart were fast; likely
+conflicts in a structure indexed by higher address bits, such as a TLB, under the VM's
+nested paging -- not isolated).  So each buffer of :data:`HUGE_MIN` bytes or more starts
+``k`` pages past a 2 MiB boundary, ``k`` taking the values ``0 .. COLORS - 1`` in turn:
+two buffers allocated one after the other are then never a multiple of 2 MiB apart
+(still page-aligned; the mapping is 2 MiB and ``k`` pages longer, address space only:
+those pages are never touched).  Through ``fastadam bench --sparse``, SparseAdam's whole
+step at 1M x 64 went from 248 to 189 us.  The dense Adam kernel: unchanged
+(1.00-1.03x at 256K-8M elements).
 
 A bottom layer: imports NumPy and the standard library only.
 """

@@ -84,12 +84,14 @@ linux_mmap = pytest.mark.skipif(not hasattr(__import__("mmap"), "MAP_PRIVATE"),
 @linux_mmap
 def test_large_buffers_take_the_colours_in_turn():
     """Consecutive buffers of HUGE_MIN bytes or more start 0 .. COLORS - 1 pages past a
-    2 MiB boundary, each colour once in COLORS allocations: the rows of a table and of its
-    state do not share cache sets and DRAM banks (uncoloured, all started on a 2 MiB
-    boundary: a row-sparse Adam step took 1.5-2x as long)."""
+    2 MiB boundary, each colour once in COLORS allocations, so two buffers allocated one
+    after the other are never a multiple of 2 MiB apart (equal tables packed exactly 256
+    MiB apart made a row-sparse Adam step 1.5x as long)."""
     bufs = [_alloc.zeros(HUGE_ELEMS, np.float32) for _ in range(_alloc.COLORS)]
     colors = sorted(a.ctypes.data % _alloc.HUGE // _alloc.PAGE for a in bufs)
     assert colors == list(range(_alloc.COLORS))
+    for a, b in zip(bufs, bufs[1:]):
+        assert (a.ctypes.data - b.ctypes.data) % _alloc.HUGE != 0
     for a in bufs:
         assert a.ctypes.data % _alloc.PAGE == 0 and not a.any()
         a[:] = 1.0                                   # the whole buffer is writable
