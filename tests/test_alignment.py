@@ -9,6 +9,8 @@ buffer (16 bytes past a page boundary).
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -66,19 +68,22 @@ def test_buffers_own_their_memory(n):
 
 def test_without_anonymous_mappings(monkeypatch):
     """Where ``mmap.MAP_PRIVATE`` is missing (Windows), large buffers are still
-    page-aligned and zero-filled (a slice of a larger zero-filled array)."""
-    import mmap
+    page-aligned and zero-filled (a slice of a larger zero-filled array); so is
+    lazy_zeros' (without a mapping to advise)."""
     monkeypatch.delattr(mmap, "MAP_PRIVATE")
     a = _alloc.zeros(BIG, np.float32)
     assert a.ctypes.data % _alloc.PAGE == 0 and not a.any()
+    lz, region = _alloc.lazy_zeros(_alloc.HUGE_MIN // 4 + 1000, np.float32)
+    assert region is None and lz.ctypes.data % _alloc.PAGE == 0 and not lz.any()
     assert not isinstance(a.base, np.ndarray)
     a[:] = 1.0
     assert (_alloc.full(BIG, 2.0, np.float32) == 2.0).all()
 
 
 HUGE_ELEMS = _alloc.HUGE_MIN // 4 + 1000       # float32: past HUGE_MIN, not whole huge pages
-linux_mmap = pytest.mark.skipif(not hasattr(__import__("mmap"), "MAP_PRIVATE"),
-                                reason="anonymous mappings (the coloured path) missing")
+linux_mmap = pytest.mark.skipif(
+    not (hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MADV_HUGEPAGE")),
+    reason="anonymous mappings with huge-page advice (the coloured path) missing")
 
 
 @linux_mmap
@@ -115,7 +120,7 @@ def test_huge_page_advice_stays_inside_the_buffer(n):
     assert region.length % _alloc.HUGE == 0 and region.length > 0
     assert region.start <= lo < region.start + _alloc.COLORS * _alloc.PAGE
     assert region.start + region.length <= hi < region.start + region.length + _alloc.HUGE
-    region.madvise(__import__("mmap").MADV_HUGEPAGE)  # what bind_grad does: accepted
+    region.madvise(mmap.MADV_HUGEPAGE)                # what bind_grad does: accepted
     a[:] = 2.0
     assert (a == 2.0).all()
 
