@@ -573,3 +573,37 @@ def test_a_parameter_seen_as_other_tables_by_its_gradients():
             q.grad = d.to_sparse(sd)
             o.step()
     torch.testing.assert_close(p[1].detach(), p[0].detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,kw", [("SparseAdam", dict(lr=0.05)),
+                                     ("Adagrad", dict(lr=0.1, lr_decay=0.05)),
+                                     ("RowWiseAdagrad", dict(lr=0.1))])
+def test_tables_at_other_counts_and_widths_in_one_step(name, kw):
+    # one step's sparse calls share their scalars by (step count, row width): tables that
+    # skipped steps (other counts) or have other widths must still get their own. The
+    # tables in one optimizer match the same tables each in an optimizer of its own
+    shapes = [(30, 8), (20, 8), (25, 4)]
+    g = torch.Generator().manual_seed(5)
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    together = [torch.nn.Parameter(t.clone()) for t in init]
+    apart = [torch.nn.Parameter(t.clone()) for t in init]
+    cls = getattr(ft, name)
+    o1 = cls(together, **kw)
+    o2 = [cls([p], **kw) for p in apart]
+    for k in range(6):
+        for i, (rows, dim) in enumerate(shapes):
+            if i and (k + i) % 3 == 2:           # table i > 0 skips this step: counts diverge
+                together[i].grad = apart[i].grad = None
+                continue
+            idx = torch.randint(0, rows, (1, 9), generator=g)
+            vals = torch.randn(9, dim, generator=g, dtype=torch.float64)
+            together[i].grad = torch.sparse_coo_tensor(idx, vals, (rows, dim))
+            apart[i].grad = torch.sparse_coo_tensor(idx, vals.clone(), (rows, dim))
+        o1.step()
+        for o in o2:
+            o.step()
+    for p, q in zip(together, apart):
+        assert torch.equal(p.detach(), q.detach())
+    counts = {int(torch.as_tensor(o1.state[p]["step"]).item()) for p in together
+              if "step" in o1.state[p]}
+    assert name == "RowWiseAdagrad" or len(counts) > 1     # the counts did diverge

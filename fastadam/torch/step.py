@@ -404,7 +404,7 @@ class _StepMixin(_GradListMixin):
                     mu = float(b.mu[a]) if self._needs_mu else 1.0
                 lo, hi = offs[a], offs[z]
                 if type(g) is _SparseGrad:
-                    self._sparse_call(b, hp, t, a, g)
+                    self._sparse_call(b, hp, t, a, g, memo)
                 elif type(g) is _GradList:
                     self._call(b, kname, self._gradlist_arrays(b, arrays, a, z, g),
                                self._scalars_of(b, hp, t, mu, memo), True)
