@@ -105,6 +105,12 @@ def host_arrays(named: dict, outputs: tuple) -> dict:
     return in_place_views(named, outputs)
 
 
+def extent(a):
+    """The (start, end) byte addresses of array ``a``'s data."""
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
 def in_place_views(named: dict, outputs) -> dict:
     """The layout checks of an in-place step, then flat 1-D views of the arrays.
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import _alloc
 from .._progress import Progress
-from .contenders import _fastadam_torch, _torch
+from .contenders import _fastadam_torch, _torch, _torch_copy
 from .report import machine_info
 from .timing import _fmt_time, _label, interleave
 
@@ -208,14 +208,14 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
     if want("row-traffic loop, torch memory"):
         # the same loop on tables torch allocated (as torch's own optimizers' state):
         # no transparent huge pages where THP is in its "madvise" mode
-        tt = [torch.from_numpy(base).clone(), torch.zeros(rows, dim), torch.zeros(rows, dim)]
+        tt = [_torch_copy(torch, base), torch.zeros(rows, dim), torch.zeros(rows, dim)]
         arrs = [t.numpy() for t in tt]
         loop = _row_loop()
         out["row-traffic loop, torch memory"] = _cycle(
             lambda a, arrs=arrs, tt=tt: loop(*arrs, *a), grouped)
     # every tensor in torch's own memory (64-byte aligned), as a model's: NumPy puts a
     # large array 16 bytes past a page boundary, so each 256-byte row would span 5 lines
-    grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(x).clone(),
+    grads = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], _torch_copy(torch, x),
                                      (rows, dim)) for i, x in zip(idx, vals)]
     dense = []
     makers = dict(PEERS if peers else {})
@@ -224,11 +224,11 @@ def contenders(rows: int, dim: int, n: int, dist: str = "zipf", peers: bool = Tr
     for name, (make, is_dense) in makers.items():
         if not want(name):
             continue
-        w = torch.nn.Parameter(torch.from_numpy(base).clone())
+        w = torch.nn.Parameter(_torch_copy(torch, base))
         opt = make(torch, ft, [w])
         if is_dense and not dense:
-            dense.append(torch.from_numpy(
-                rng.standard_normal((rows, dim), dtype=np.float32) * 0.01).clone())
+            dense.append(_torch_copy(
+                torch, rng.standard_normal((rows, dim), dtype=np.float32) * 0.01))
 
         def step(g, w=w, opt=opt, d=dense[0] if is_dense else None):
             w.grad = g if d is None else d

@@ -2,8 +2,8 @@
 
 Everything here only reads: :func:`check_pairs` validates one call's
 (gradient, variable) pairs before the optimizer writes anything.  The memory
-helpers :func:`extent` and :func:`owner` are shared with the flat-buffer
-layout in :mod:`fastadam.keras.base`.
+helper :func:`owner` is shared with the flat-buffer layout in :mod:`fastadam.keras.base`
+(both use :func:`fastadam._validate.extent`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from .. import _validate as _v
+from .._validate import extent
 
 
 def optional_nonneg(name, value):
@@ -24,12 +25,6 @@ def optional_nonneg(name, value):
     if v < 0:
         raise ValueError(f"Invalid {name}: {value} (must be >= 0 or None)")
     return v
-
-
-def extent(a):
-    """The (start, end) byte addresses of array ``a``'s data."""
-    start = a.__array_interface__["data"][0]
-    return start, start + a.nbytes
 
 
 def owner(a):

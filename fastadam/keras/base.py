@@ -18,8 +18,9 @@ import numpy as np
 
 from .. import _alloc, _backends
 from .. import _validate as _v
+from .._validate import extent
 from . import _bridge
-from ._checks import check_pairs, check_variables, extent, optional_nonneg, owner
+from ._checks import check_pairs, check_variables, optional_nonneg, owner
 from ._common import runner
 from ._transforms import GradientTransformMixin, LearningRateMixin
 

@@ -31,6 +31,7 @@ import torch
 
 from .. import _scalars
 from .._errors import BackendUnavailableError
+from .._validate import extent
 
 
 #: the key of the host arrays' extents in a bucket's ``arrays`` (:func:`_overlaps`)
@@ -103,9 +104,7 @@ def _overlaps(b, lo, nbytes):
     which is emptied whenever a host array is added or replaced."""
     ext = b.arrays.get(_EXTENTS)
     if ext is None:
-        ext = b.arrays[_EXTENTS] = tuple(
-            (a.__array_interface__["data"][0], a.__array_interface__["data"][0] + a.nbytes)
-            for a in b.host.values() if a.nbytes)
+        ext = b.arrays[_EXTENTS] = tuple(extent(a) for a in b.host.values() if a.nbytes)
     hi = lo + nbytes
     for a, z in ext:
         if lo < z and a < hi:
@@ -227,9 +226,10 @@ class _SparseMixin:
         backend the kernel bound to them (:class:`fastadam.kernels.cpu_sparse.Bound`:
         its compiled entry points, the scalars as Python floats) -- is kept in
         ``b.arrays`` (emptied whenever a state buffer is made or replaced).  ``memo``
-        (a dict of this bucket's step, or None) keeps the step's scalars by ``(t, dim)``
-        -- all the hyperparameters of a sparse step depend on, with ``hp`` -- so that the
-        tables of one step at one count compute them once (26 tables: 1.5 us each)."""
+        (a dict of this bucket's step, or None) keeps the step's scalars, which depend on
+        ``hp``, the count ``t`` and (row-wise Adagrad) the row width only, keyed by
+        ``(t, dim)``: the tables of one step at one count compute them once (26 tables:
+        1.5 us each)."""
         bind = getattr(b.backend, "sparse_bind", None)
         key = ("sparse", t, sg.dim)
         got = None if memo is None else memo.get(key)
